@@ -1,0 +1,1 @@
+"""Raw datasets in their original layouts -> shards."""

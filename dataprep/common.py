@@ -1,0 +1,232 @@
+"""Shared conversion code: crops and their camera, the parallel driver that feeds ShardWriter,
+and the click options every dataset command takes."""
+from __future__ import annotations
+
+import functools
+import multiprocessing as mp
+import pickle
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import click
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from shards.schema import Sample, SampleError, encode_sample
+from shards.writer import ShardWriter
+
+DEFAULT_CROP_SIZE = 288     # 256 training input plus room for rotation/translation augmentation
+DEFAULT_CONTEXT = 1.5       # crop side = context x the joints' bounding-box side
+
+
+# -- images ---------------------------------------------------------------------------------
+def load_rgb(path, sample: str | None = None) -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 RGB (greyscale, CMYK, palette and alpha converted)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise SampleError("image file missing", file=str(path), sample=sample) from None
+    except Exception as e:
+        raise SampleError(f"corrupt or unreadable image: {e}", file=str(path), sample=sample) from None
+
+
+def load_image(path, sample: str | None = None) -> Image.Image:
+    """Open an image with PIL, decoding it fully so corrupt data fails here, not later."""
+    try:
+        im = Image.open(path)
+        im.load()
+        return im
+    except FileNotFoundError:
+        raise SampleError("image file missing", file=str(path), sample=sample) from None
+    except Exception as e:
+        raise SampleError(f"corrupt or unreadable image: {e}", file=str(path), sample=sample) from None
+
+
+# -- crops ----------------------------------------------------------------------------------
+@dataclass
+class Crop:
+    """Square crop of side `side` original pixels centred at (cu, cv), resized to `size`,
+    optionally mirrored left-right. Continuous pixel coordinates: (0, 0) is the top-left
+    corner of the first pixel, the convention PIL's affine transform and DALI's warp use.
+    crop = A @ [u, v, 1]."""
+    cu: float
+    cv: float
+    side: float
+    size: int
+    mirror: bool = False
+
+    @property
+    def matrix(self) -> np.ndarray:
+        s = self.size / self.side
+        x0, y0 = self.cu - self.side / 2, self.cv - self.side / 2
+        a = np.array([[s, 0.0, -s * x0], [0.0, s, -s * y0]])
+        if self.mirror:
+            a = np.array([[-1.0, 0.0, self.size], [0.0, 1.0, 0.0]]) @ np.vstack([a, [0, 0, 1]])
+        return a
+
+    def points(self, uv: np.ndarray) -> np.ndarray:
+        a = self.matrix
+        return (np.asarray(uv, np.float64) @ a[:, :2].T + a[:, 2]).astype(np.float32)
+
+    def intrinsics(self, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+        """Crop camera. Mirroring negates camera X (see `points3d`), so fx stays positive."""
+        s = self.size / self.side
+        cu, cv = self.points(np.array([[cx, cy]]))[0]
+        return np.array([fx * s, fy * s, cu, cv], np.float32)
+
+    def points3d(self, xyz: np.ndarray) -> np.ndarray:
+        xyz = np.array(xyz, np.float32)
+        if self.mirror:
+            xyz[:, 0] = -xyz[:, 0]
+        return xyz
+
+    def image(self, img: np.ndarray, resample=Image.BILINEAR, fill=0) -> np.ndarray:
+        inv = np.linalg.inv(np.vstack([self.matrix, [0, 0, 1]]))[:2]
+        pil = Image.fromarray(img)
+        out = pil.transform((self.size, self.size), Image.AFFINE, data=tuple(inv.ravel()),
+                            resample=resample, fillcolor=fill)
+        return np.asarray(out)
+
+    def mask(self, mask: np.ndarray) -> np.ndarray:
+        """Binary 0/255 mask resampled with the image (bilinear, then thresholded)."""
+        return np.where(self.image(mask.astype(np.uint8)) >= 128, 255, 0).astype(np.uint8)
+
+    def meta(self) -> dict:
+        return {"crop_affine": np.round(self.matrix, 6).tolist(), "mirrored": self.mirror}
+
+
+def crop_around(uv: np.ndarray, size: int, context: float = DEFAULT_CONTEXT, mirror: bool = False,
+                min_side: float = 32.0) -> Crop:
+    """Square crop centred on the bounding box of the 2D points, side = context x its longer side."""
+    lo, hi = uv.min(0), uv.max(0)
+    c = (lo + hi) / 2
+    side = max(float((hi - lo).max()) * context, min_side)
+    return Crop(float(c[0]), float(c[1]), side, size, mirror)
+
+
+def binarise(mask: np.ndarray, threshold: int = 128) -> np.ndarray:
+    return np.where(mask >= threshold, 255, 0).astype(np.uint8)
+
+
+# -- pickles --------------------------------------------------------------------------------
+class RestrictedUnpickler(pickle.Unpickler):
+    """Admit only numpy arrays/scalars/dtypes and builtin containers: dataset pickles are
+    untrusted input."""
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+        ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "complex"),
+        ("collections", "OrderedDict"), ("_codecs", "encode"), ("copy_reg", "_reconstructor"),
+        ("copyreg", "_reconstructor"), ("builtins", "object"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden global {module}.{name} in pickle")
+
+
+def load_pickle(path, encoding: str = "latin1"):
+    try:
+        with open(path, "rb") as f:
+            return RestrictedUnpickler(f, encoding=encoding).load()
+    except FileNotFoundError:
+        raise SampleError("annotation file missing", file=str(path)) from None
+    except Exception as e:
+        raise SampleError(f"unreadable pickle: {e}", file=str(path)) from None
+
+
+# -- the driver -----------------------------------------------------------------------------
+def _convert_item(make_samples: Callable, jpeg_quality: int, item):
+    """Worker: item -> [(key, members)] or ('error', message). Runs in a pool process."""
+    try:
+        return [(s.key, encode_sample(s, jpeg_quality)) for s in make_samples(item)]
+    except SampleError as e:
+        return ("error", str(e))
+
+
+_WORK = None
+
+
+def _run_work(item):
+    return _WORK(item)
+
+
+def convert_split(items: list, make_samples: Callable[[object], Iterable[Sample]], out_dir: Path, *,
+                  workers: int = 1, limit: int | None = None, skip_bad: bool = False,
+                  shard_count: int = 2000, shard_bytes: int = 512 << 20, jpeg_quality: int = 95,
+                  shuffle_seed: int | None = 0, manifest_extra: dict | None = None,
+                  desc: str = "convert") -> dict:
+    """Convert `items` (work units, e.g. one annotation id) into shards in `out_dir`.
+
+    Items are shuffled with `shuffle_seed` before writing (DALI's reader only shuffles within a
+    small buffer), cut to `limit`, converted in `workers` processes in order, and written by one
+    ShardWriter; a rerun resumes after the last complete shard. `make_samples` must be
+    picklable (a module-level function or functools.partial of one)."""
+    items = list(items)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(items)
+    if limit is not None:
+        items = items[:limit]
+    extra = {"shuffle_seed": shuffle_seed, "limit": limit, "jpeg_quality": jpeg_quality,
+             **(manifest_extra or {})}
+    writer = ShardWriter(out_dir, max_count=shard_count, max_bytes=shard_bytes, manifest_extra=extra)
+    start = writer.items_done
+    todo = items[start:]
+    # Workers are forked after this is set, so they inherit it: tasks carry only the item, never
+    # the (often large) annotation arrays bound into make_samples.
+    global _WORK
+    _WORK = functools.partial(_convert_item, make_samples, jpeg_quality)
+    bar = tqdm(total=len(items), initial=start, desc=desc, unit="item", dynamic_ncols=True, file=sys.stderr)
+    pool = mp.get_context("fork").Pool(workers) if workers > 1 and todo else None
+    try:
+        results = pool.imap(_run_work, todo, chunksize=8) if pool else map(_run_work, todo)
+        for item_no, result in enumerate(results, start):
+            bar.update(1)
+            if isinstance(result, tuple) and result[0] == "error":
+                if not skip_bad:
+                    raise click.ClickException(f"{desc}: {result[1]}  (complete shards are kept and a rerun "
+                                               "resumes after them; --skip-bad records and skips bad samples)")
+                writer.skip(item_no, str(items[item_no]), result[1])
+                continue
+            for key, members in result:
+                writer.write(key, members, item_no + 1)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    return writer.close(len(items))
+
+
+def conversion_options(f):
+    """Options shared by every dataset command."""
+    opts = [
+        click.option("--workers", type=int, default=1, show_default=True, help="parallel conversion processes"),
+        click.option("--limit", type=int, default=None, help="convert only the first N items of each split (after shuffling)"),
+        click.option("--skip-bad", is_flag=True, help="skip bad samples, recording each and why in manifest.json, instead of stopping"),
+        click.option("--crop-size", type=int, default=DEFAULT_CROP_SIZE, show_default=True, help="stored crop side in pixels"),
+        click.option("--context", type=float, default=DEFAULT_CONTEXT, show_default=True, help="crop side / joint bounding-box side"),
+        click.option("--shard-count", type=int, default=2000, show_default=True, help="max samples per shard"),
+        click.option("--shard-mb", type=int, default=512, show_default=True, help="max MiB per shard"),
+        click.option("--jpeg-quality", type=int, default=95, show_default=True),
+        click.option("--shuffle-seed", type=int, default=0, show_default=True, help="order of samples in the shards"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def driver_kwargs(workers, limit, skip_bad, shard_count, shard_mb, jpeg_quality, shuffle_seed) -> dict:
+    return dict(workers=workers, limit=limit, skip_bad=skip_bad, shard_count=shard_count,
+                shard_bytes=shard_mb << 20, jpeg_quality=jpeg_quality, shuffle_seed=shuffle_seed)

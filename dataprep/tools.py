@@ -1,0 +1,147 @@
+"""`dataprep verify` and `dataprep inspect`: check and look at any shard set."""
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+from PIL import Image, ImageDraw
+
+from shards.reader import iter_samples, list_shards, read_manifest
+from shards.schema import SampleError, validate
+from shards.writer import sha256_file
+
+# hand21 / h36m17 bones for drawing: (parent, child)
+BONES = {
+    "hand21": [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11),
+               (11, 12), (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)],
+    "h36m17": [(0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6), (0, 7), (7, 8), (8, 9), (9, 10), (8, 11),
+               (11, 12), (12, 13), (8, 14), (14, 15), (15, 16)],
+}
+
+
+def shard_dirs(path: Path) -> list[Path]:
+    """A shard directory, or a conversion output holding one directory per split."""
+    if (path / "manifest.json").exists() or list(path.glob("*.tar")):
+        return [path]
+    subs = sorted(p for p in path.iterdir() if p.is_dir() and ((p / "manifest.json").exists() or list(p.glob("*.tar"))))
+    if not subs:
+        raise click.ClickException(f"no shards under {path}")
+    return subs
+
+
+def verify_dir(d: Path) -> int:
+    """Raise SampleError naming the first bad shard/key; return the number of samples."""
+    try:
+        manifest = read_manifest(d)
+    except FileNotFoundError as e:
+        raise SampleError(str(e), file=str(d)) from None
+    listed = {s["file"]: s for s in manifest["shards"]}
+    on_disk = {p.name for p in list_shards(d)} if manifest["shards"] else set()
+    if on_disk != set(listed):
+        raise SampleError(f"shards on disk {sorted(on_disk ^ set(listed))} differ from the manifest", file=str(d))
+    total = 0
+    for name, rec in listed.items():
+        path = d / name
+        if sha256_file(path) != rec["sha256"]:
+            raise SampleError("sha256 differs from manifest.json", file=str(path))
+        idx = d / rec["index"]
+        if not idx.exists():
+            raise SampleError("DALI index missing", file=str(idx))
+        header = idx.read_text().split("\n", 1)[0].split()
+        if header[:1] != ["v1.2"] or int(header[1]) != rec["count"]:
+            raise SampleError(f"index header {header} does not match count {rec['count']}", file=str(idx))
+        n = 0
+        for sample in iter_samples(path):
+            try:
+                validate(sample)
+                if sample.meta.get("joint_order") != manifest.get("joint_order", sample.meta.get("joint_order")):
+                    raise SampleError(f"joint order {sample.meta.get('joint_order')} != manifest's "
+                                      f"{manifest.get('joint_order')}", sample=sample.key)
+            except SampleError as e:
+                raise SampleError(str(e), file=str(path)) from None
+            n += 1
+        if n != rec["count"]:
+            raise SampleError(f"{n} samples read, manifest says {rec['count']}", file=str(path))
+        total += n
+    if total != manifest["samples"]:
+        raise SampleError(f"{total} samples, manifest says {manifest['samples']}", file=str(d))
+    return total
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def verify(path):
+    """Re-read every shard under PATH: sha256, index, schema and value sanity.
+
+    Exits non-zero naming the first bad shard and sample key."""
+    for d in shard_dirs(path):
+        try:
+            n = verify_dir(d)
+        except SampleError as e:
+            raise click.ClickException(f"verify failed: {e}")
+        click.echo(f"{d}: OK, {n} samples")
+
+
+def draw_sample(sample, size: int = 192) -> Image.Image:
+    img = Image.fromarray(sample.image).convert("RGB")
+    if sample.mask is not None:   # tint the foreground so mask alignment is visible
+        tint = np.asarray(img, np.float32)
+        fg = sample.mask[..., None] > 127
+        tint = np.where(fg, tint * 0.7 + np.array([0, 90, 0]) * 0.3, tint)
+        img = Image.fromarray(tint.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    order = sample.meta.get("joint_order")
+    if sample.joints2d_px is not None:
+        uv, vis = sample.joints2d_px, sample.visible
+        for a, b in BONES.get(order, []):
+            if vis[a] and vis[b]:
+                draw.line([tuple(uv[a]), tuple(uv[b])], fill=(255, 60, 60), width=2)
+        for j, (u, v) in enumerate(uv):
+            col = (255, 255, 0) if vis[j] else (120, 120, 120)
+            draw.ellipse([u - 2, v - 2, u + 2, v + 2], fill=col)
+    scale = size / max(img.size)
+    img = img.resize((round(img.width * scale), round(img.height * scale)))
+    ImageDraw.Draw(img).text((3, 3), sample.key[-24:], fill=(255, 255, 255))
+    return img
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="contact-sheet PNG (default PATH/contact_sheet.png)")
+@click.option("--num", type=int, default=16, show_default=True, help="samples on the sheet")
+def inspect(path, sheet, num):
+    """Counts, schema and a contact sheet of samples with their joints drawn."""
+    tiles = []
+    for d in shard_dirs(path):
+        manifest = read_manifest(d)
+        exts = collections.Counter()
+        shapes = set()
+        for i, raw in enumerate(iter_samples(d, decode=False)):
+            exts.update(k for k in raw if not k.startswith("__"))
+            if i >= 200:
+                break
+        for i, s in enumerate(iter_samples(d)):
+            shapes.add(s.image.shape)
+            if len(tiles) < num:
+                tiles.append(draw_sample(s))
+            if i >= num:
+                break
+        click.echo(json.dumps({"dir": str(d), "samples": manifest["samples"], "shards": manifest["num_shards"],
+                               "skipped": len(manifest["skipped"]), "joint_order": manifest.get("joint_order"),
+                               "members (first 200 samples)": dict(exts), "image_shapes": sorted(map(list, shapes))},
+                              indent=1))
+    if tiles:
+        cols = min(4, len(tiles))
+        rows = -(-len(tiles) // cols)
+        w = max(t.width for t in tiles)
+        h = max(t.height for t in tiles)
+        board = Image.new("RGB", (cols * w, rows * h))
+        for i, t in enumerate(tiles):
+            board.paste(t, ((i % cols) * w, (i // cols) * h))
+        sheet = sheet or path / "contact_sheet.png"
+        board.save(sheet)
+        click.echo(f"contact sheet: {sheet}")
