@@ -3,7 +3,7 @@
 Each dataset module defines one click command; this file only collects them."""
 import click
 
-from . import freihand, tools
+from . import freihand, tools, rhd, stb, panoptic, ganerated, imagenet
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +16,12 @@ def cli():
 
 
 cli.add_command(freihand.cli)
+cli.add_command(rhd.cli)
+cli.add_command(stb.cli)
+cli.add_command(panoptic.cli)
+cli.add_command(panoptic.cli_2d)
+cli.add_command(ganerated.cli)
+cli.add_command(imagenet.cli)
 cli.add_command(tools.verify)
 cli.add_command(tools.inspect)
 

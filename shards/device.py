@@ -23,3 +23,17 @@ def configure_deepspeed_accelerator() -> str:
     if "DS_ACCELERATOR" not in os.environ:
         os.environ["DS_ACCELERATOR"] = "cuda" if cuda_available() else "cpu"
     return os.environ["DS_ACCELERATOR"]
+
+
+def ensure_distributed_env() -> None:
+    """A plain `python -m trainer ...` (no launcher) is a world of one: give torch.distributed
+    the variables the deepspeed launcher would have set, so DeepSpeed does not go looking for
+    MPI. Launched runs already have them and are left alone."""
+    if "RANK" in os.environ:
+        return
+    import socket
+    with socket.socket() as s:   # a free port, so concurrent single-process runs don't collide
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -4,7 +4,10 @@ import click
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli():
+# The deepspeed launcher inserts --local_rank=N before the command's own arguments (it also sets
+# LOCAL_RANK in the environment, which the stages read): accept it here and ignore it.
+@click.option("--local_rank", "--local-rank", "local_rank", type=int, default=None, hidden=True)
+def cli(local_rank):
     """Train and evaluate posemae models with DeepSpeed over DALI shard pipelines.
 
     On a machine without CUDA everything runs on the CPU (DS_ACCELERATOR=cpu, DALI CPU mode,
