@@ -1,10 +1,8 @@
 """`dataprep rhd` on a tiny tree in RHD's released layout (RHD_published_v2/{training,evaluation}/
 {color,depth,mask}/%05d.png + anno_*.pickle), with known joints, intrinsics and masks."""
-import json
 import pickle
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
