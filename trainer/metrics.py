@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-# Joints whose position is undefined below this length (mm) are treated as degenerate.
+# Bone lengths (mm) and point spreads (mm^2) below this count as zero: degenerate skeletons.
 _EPS = 1e-9
 
 

@@ -7,14 +7,14 @@
          Z = z_rel + Z_root, X = (u - cx) Z / fx, Y = (v - cy) Z / fy     backproject
       -> left hands un-mirrored (X negated) when the crop was mirrored   unmirror
 
-`camera_to_voxels` is the forward mapping (camera joints -> voxels), the exact inverse; the
-heatmap target renderer must place its Gaussians with the same `input_px_to_voxels` convention.
+`camera_to_voxels` is the forward mapping (camera joints -> voxels), the exact inverse.
 
-Voxel convention (PoseNet's, and METHOD.md's wording): a voxel coordinate is the continuous
-coordinate scaled to the grid, u_vox = u_input * heatmap_size / input_size, and z_vox =
-(z_rel / depth_range + 1/2) * depth_bins, so the volume spans [-range/2, +range/2) around the
-root and voxel index i sits at input pixel i * input_size / heatmap_size. Pixel coordinates are
-continuous with (0, 0) at the top-left corner of the first pixel, as in dataprep.common.Crop.
+Voxel convention: trainer.heatmaps' (the ground-truth renderer and the decoder), restated here in
+float64 numpy and pinned to it by a test. Voxel centres sit at integer coordinates; pixels are
+continuous with (0, 0) at the top-left corner of the first pixel (dataprep.common.Crop); with
+stride s = input_size / heatmap_size:
+    u_vox = u_input / s - 0.5              z_vox = (z_rel / depth_range + 0.5) * depth_bins - 0.5
+so the depth bins cover [-range/2, +range/2) around the root joint.
 All functions take batched numpy arrays and compute in float64.
 """
 from __future__ import annotations
@@ -24,8 +24,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .heatmaps import DEPTH_RANGE_MM as _RANGE_BY_KIND
+
 # METHOD.md (choice): the depth range the Dz bins cover, centred on the root joint.
-DEPTH_RANGE_MM = {"hand21": 400.0, "h36m17": 2000.0}
+DEPTH_RANGE_MM = {"hand21": _RANGE_BY_KIND["hand"], "h36m17": _RANGE_BY_KIND["body"]}
 
 
 @dataclass(frozen=True)
@@ -106,15 +108,15 @@ def resize_affine(crop_size: float, input_size: float) -> np.ndarray:
 def voxels_to_input_px(uvz_vox, volume: HeatmapVolume) -> tuple[np.ndarray, np.ndarray]:
     """(B, K, 3) voxel coordinates -> ((B, K, 2) input pixels, (B, K) root-relative depth mm)."""
     uvz = np.asarray(uvz_vox, np.float64)
-    uv_input = uvz[..., :2] * volume.pixels_per_voxel
-    z_rel_mm = (uvz[..., 2] / volume.depth_bins - 0.5) * volume.depth_range_mm
+    uv_input = (uvz[..., :2] + 0.5) * volume.pixels_per_voxel
+    z_rel_mm = ((uvz[..., 2] + 0.5) / volume.depth_bins - 0.5) * volume.depth_range_mm
     return uv_input, z_rel_mm
 
 
 def input_px_to_voxels(uv_input, z_rel_mm, volume: HeatmapVolume) -> np.ndarray:
     """Inverse of voxels_to_input_px: where the ground-truth Gaussian of a joint is centred."""
-    uv = np.asarray(uv_input, np.float64) / volume.pixels_per_voxel
-    z = (np.asarray(z_rel_mm, np.float64) / volume.depth_range_mm + 0.5) * volume.depth_bins
+    uv = np.asarray(uv_input, np.float64) / volume.pixels_per_voxel - 0.5
+    z = (np.asarray(z_rel_mm, np.float64) / volume.depth_range_mm + 0.5) * volume.depth_bins - 0.5
     return np.concatenate([uv, z[..., None]], axis=-1)
 
 

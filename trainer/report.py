@@ -138,20 +138,34 @@ def read_results(run_dir) -> dict:
 
 
 # -- tables ---------------------------------------------------------------------------------
-def _metric_value(metrics: dict, name: str):
-    """'auc' and 'pck' pick the protocol's AUC / first single-threshold PCK; others are exact."""
+def _metric_key(metrics: dict, name: str) -> str | None:
+    """'auc' and 'pck' pick the protocol's AUC ("auc_20_50") / first single-threshold PCK
+    ("pck@150"); other names are summary keys as they are."""
     if name in ("auc", "pck"):
         prefix = "auc_" if name == "auc" else "pck@"
         found = [k for k in metrics if k.startswith(prefix)]
-        return metrics[found[0]] if found else None
-    return metrics.get(name)
+        return found[0] if found else None
+    return name if name in metrics else None
 
 
-def _column_label(dataset: str, protocol: str, metric: str, n_metrics: int) -> str:
+def _is_fraction(metric: str) -> bool:
+    """PCK and AUC: fractions in [0, 1], higher is better (errors: mm, lower is better)."""
+    return metric.startswith(("auc", "pck"))
+
+
+def _column_label(dataset: str, protocol: str, metric_key: str, n_metrics: int) -> str:
     label = DATASET_LABELS.get(dataset, dataset)
     if protocol not in DEFAULT_PROTOCOLS:
         label += f" [{protocol}]"
-    return f"{label} {METRIC_LABELS.get(metric, metric)}" if n_metrics > 1 else label
+    if n_metrics == 1:
+        return label
+    if metric_key.startswith("auc_"):
+        name = "AUC " + "-".join(metric_key.split("_")[1:])
+    elif metric_key.startswith("pck@"):
+        name = "PCK@" + metric_key[4:]
+    else:
+        name = METRIC_LABELS.get(metric_key, metric_key)
+    return f"{label} {name}"
 
 
 def results_table(evaluations: list[dict], metrics=None, paper: bool = False, digits: int = 1) -> str:
@@ -170,13 +184,16 @@ def results_table(evaluations: list[dict], metrics=None, paper: bool = False, di
 
     rows: dict[str, dict] = {}
     columns: list[tuple] = []   # (dataset, protocol, metric)
+    keys: dict[tuple, str] = {}  # column -> the summary key shown (e.g. "pck@150")
     for e in evaluations:
         row = rows.setdefault(e["method"], {})
         for m in metrics:
-            value = _metric_value(e["metrics"], m)
-            if value is None:
+            key = _metric_key(e["metrics"], m)
+            if key is None:
                 continue
+            value = e["metrics"][key]
             col = (e["dataset"], e["protocol"]["name"], m)
+            keys.setdefault(col, key)
             if col in row:
                 raise ValueError(f"two evaluations of {e['method']!r} on {col[0]} ({col[1]}, {m}): "
                                  "give them different method labels")
@@ -198,10 +215,10 @@ def results_table(evaluations: list[dict], metrics=None, paper: bool = False, di
     best = {}
     for col in columns:
         values = [r[col] for name, r in rows.items() if col in r and name != PAPER_ROW]
-        if values:
-            higher_is_better = col[2] in ("auc", "pck")
+        if len(values) > 1:                                     # bold only a real comparison
+            higher_is_better = _is_fraction(col[2])
             best[col] = max(values) if higher_is_better else min(values)
-    header = ["Method"] + [_column_label(d, p, m, len(metrics)) for d, p, m in columns]
+    header = ["Method"] + [_column_label(d, p, keys.get((d, p, m), m), len(metrics)) for d, p, m in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * len(columns)) + "|"]
     for name, r in rows.items():
         cells = []
@@ -209,12 +226,12 @@ def results_table(evaluations: list[dict], metrics=None, paper: bool = False, di
             if col not in r:
                 cells.append("-")
                 continue
-            text = f"{r[col]:.{digits if col[2] not in ('auc', 'pck') else 3}f}"
-            if name != PAPER_ROW and len(rows) > 1 and r[col] == best.get(col):
+            text = f"{r[col]:.{3 if _is_fraction(col[2]) else digits}f}"
+            if name != PAPER_ROW and r[col] == best.get(col):
                 text = f"**{text}**"
             cells.append(text)
         lines.append("| " + " | ".join([name] + cells) + " |")
-    unit = "mm" if all(m not in ("auc", "pck") for m in metrics) else "mm; PCK/AUC as fractions"
+    unit = "mm; PCK/AUC as fractions" if any(_is_fraction(m) for m in metrics) else "mm"
     caption = {"epe": "Hands: EPE", "mpjpe": "Bodies: MPJPE / PA-MPJPE"}.get(kind, kind)
     return f"{caption} ({unit}); best per column in bold.\n\n" + "\n".join(lines) + "\n"
 
@@ -290,13 +307,15 @@ def draw_pck_curves(curves: dict, path, title: str = "3D PCK", size=(640, 480)) 
     draw.text(((left + w - right) / 2, h - 22), "error threshold (mm)", fill="black", font=font, anchor="mm")
     draw.text((12, (top + h - bottom) / 2), "PCK", fill="black", font=font, anchor="lm")
     draw.text((w / 2, 18), title, fill="black", font=font, anchor="mm")
-    for i, (label, (t, p)) in enumerate(curves.items()):
-        colour = PALETTE[i % len(PALETTE)]
+    for i, (t, p) in enumerate(curves.values()):
         points = [to_px(float(x), float(np.clip(y, 0, 1))) for x, y in zip(t, p)]
-        draw.line(points, fill=colour, width=3, joint="curve")
-        ly = top + 14 + 20 * i                                  # legend, bottom-right is where curves are high
-        lx = w - right - 210
-        draw.line([(lx, ly), (lx + 24, ly)], fill=colour, width=3)
+        draw.line(points, fill=PALETTE[i % len(PALETTE)], width=3, joint="curve")
+    # Legend bottom-right: PCK rises with the threshold, so that corner is usually empty.
+    lx, ly0 = w - right - 220, h - bottom - 12 - 20 * len(curves)
+    draw.rectangle([lx - 6, ly0 - 4, w - right - 4, h - bottom - 6], fill="white", outline=(200, 200, 200))
+    for i, label in enumerate(curves):
+        ly = ly0 + 8 + 20 * i
+        draw.line([(lx, ly), (lx + 24, ly)], fill=PALETTE[i % len(PALETTE)], width=3)
         draw.text((lx + 30, ly), str(label), fill="black", font=small, anchor="lm")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
