@@ -3,7 +3,8 @@
 Each dataset module defines one click command; this file only collects them."""
 import click
 
-from . import freihand, tools, rhd, stb, panoptic, ganerated, imagenet
+from . import freihand, tools, rhd, stb, panoptic, ganerated, imagenet, demo
+from . import h36m, pw3d, mpi_inf_3dhp, surreal
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,6 +23,11 @@ cli.add_command(panoptic.cli)
 cli.add_command(panoptic.cli_2d)
 cli.add_command(ganerated.cli)
 cli.add_command(imagenet.cli)
+cli.add_command(h36m.cli)
+cli.add_command(pw3d.cli)
+cli.add_command(mpi_inf_3dhp.cli)
+cli.add_command(surreal.cli)
+cli.add_command(demo.cli)
 cli.add_command(tools.verify)
 cli.add_command(tools.inspect)
 

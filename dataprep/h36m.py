@@ -1,0 +1,390 @@
+"""Human3.6M -> shards (h36m17, camera-frame millimetres). The source domain for bodies.
+
+Original release (per subject, as the dataset's archives unpack):
+<root>/S1/MyPoseFeatures/D3_Positions_mono/<Action>.<camid>.cdf   CDF `Pose` (1, N, 96): 32 joints, camera mm
+<root>/S1/MyPoseFeatures/D2_Positions/<Action>.<camid>.cdf        (1, N, 64) px, lens-distorted (optional)
+<root>/S1/Videos/<Action>.<camid>.mp4                             50 fps, may run longer than the CDF
+<root>/S1/MySegmentsMat/ground_truth_bs/<Action>.<camid>.mat      MATLAB v7.3: `Masks` object refs, one per frame (optional)
+<root>/metadata.xml                                               from the code bundle (optional; cameras)
+
+Extracted frames (anibali/h36m-fetch's process_all.py):
+<root>/processed/<S>/<ActionName>-<subaction>/annot.h5            pose/3d (n, 32, 3) camera mm, frame (1-based),
+                                                                  camera, intrinsics/<camid> (fitted to D2)
+<root>/processed/<S>/<ActionName>-<subaction>/imageSequence/<camid>/img_%06d.jpg
+
+Cameras: the crop camera is the pinhole part (fx, fy, cx, cy) of the public per-camera constants
+(metadata.xml's `w0`, 9 numbers per camera from index 264; built in below, or read from
+metadata.xml). Lens distortion is NOT removed from the images: joints2d = pinhole projection of
+D3_Positions_mono, which sits a few pixels from the distorted D2_Positions near the image
+border (recorded per sample as d2_vs_pinhole_px when D2 is present).
+Video frames are decoded in order, one chunk of frames per work item (--frames-per-item).
+"""
+from __future__ import annotations
+
+import functools
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import cdflib
+import click
+import h5py
+import numpy as np
+
+from shards.schema import Sample, SampleError
+
+from .bodies import (body_crop, check_joints, in_front, key_part, mat73_dataset, open_mat73, pinhole,
+                     video_frames)
+from .common import conversion_options, convert_split, driver_kwargs, load_rgb
+
+TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
+TEST_SUBJECTS = ("S9", "S11")
+# h36m17[j] = h36m32[H36M32_TO_H36M17[j]]
+H36M32_TO_H36M17 = np.array([0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27])
+# metadata.xml w0[264 + 9c : 264 + 9c + 9]: fx, fy, cx, cy, then k1, k2, k3 and the two tangential
+# coefficients (stored here as metadata.xml orders them; only the pinhole part is used).
+CAMERA_CONSTANTS = {
+    "54138969": (1145.04940458804, 1143.78109572365, 512.541504956548, 515.4514869776, -0.207098910824901,
+                 0.247775183068982, -0.00307515035078854, -0.00142447157470321, -0.000975698859470499),
+    "55011271": (1149.67569986785, 1147.59161666764, 508.848621645943, 508.064917088557, -0.194213629607385,
+                 0.240408539138292, 0.00681997559022603, -0.0027408943961907, -0.001619026613787),
+    "58860488": (1149.14071676148, 1148.7989685676, 519.815837182153, 501.402658888552, -0.208338188251856,
+                 0.255488007488945, -0.00246049749891915, -0.000759999321030303, 0.00148438698385668),
+    "60457274": (1145.51133842318, 1144.77392807652, 514.968197319863, 501.882018537695, -0.198384093827848,
+                 0.218323676298049, -0.00894780704152122, -0.00181336200488089, -0.000587205583421232),
+}
+CAMERA_IDS = tuple(CAMERA_CONSTANTS)
+W0_INTRINSICS_AT = 264          # 11 subjects x 4 cameras x 6 extrinsic numbers come first
+# S11's Directions video from camera 54138969 is corrupt in the release (public code drops it).
+DEFAULT_EXCLUDE = "S11/Directions.54138969"
+D3_DIR = "MyPoseFeatures/D3_Positions_mono"
+D2_DIR = "MyPoseFeatures/D2_Positions"
+MASK_DIR = "MySegmentsMat/ground_truth_bs"
+DEFAULT_STRIDES = {"original": {"train": 5, "test": 64}, "extracted": {"train": 1, "test": 1}}
+
+
+@dataclass(frozen=True)
+class Camera:
+    id: str
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    distortion: tuple   # k1, k2, k3, two tangential (metadata.xml order); not applied
+
+    def manifest(self) -> dict:
+        return {"fx": self.fx, "fy": self.fy, "cx": self.cx, "cy": self.cy, "distortion_not_applied": list(self.distortion)}
+
+
+def cameras_from_constants() -> dict[str, Camera]:
+    return {cid: Camera(cid, *v[:4], tuple(v[4:])) for cid, v in CAMERA_CONSTANTS.items()}
+
+
+def cameras_from_metadata(path: Path) -> dict[str, Camera]:
+    """The four cameras' intrinsics from metadata.xml (`dbcameras/index2id` and `w0`)."""
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise SampleError("metadata.xml missing", file=str(path)) from None
+    except ET.ParseError as e:
+        raise SampleError(f"malformed metadata.xml: {e}", file=str(path)) from None
+    ids = [e.text.strip() for e in root.findall("dbcameras/index2id/item") if e.text]
+    w0 = root.find("w0")
+    if not ids or w0 is None or not w0.text:
+        raise SampleError("metadata.xml lacks dbcameras/index2id or w0", file=str(path))
+    try:
+        values = [float(v) for v in w0.text.strip().strip("[]").split()]
+    except ValueError as e:
+        raise SampleError(f"metadata.xml w0 is not numeric: {e}", file=str(path)) from None
+    need = W0_INTRINSICS_AT + 9 * len(ids)
+    if len(values) < need:
+        raise SampleError(f"metadata.xml w0 has {len(values)} numbers, expected {need}", file=str(path))
+    cams = {}
+    for c, cid in enumerate(ids):
+        v = values[W0_INTRINSICS_AT + 9 * c: W0_INTRINSICS_AT + 9 * (c + 1)]
+        cams[cid] = Camera(cid, *v[:4], tuple(v[4:]))
+    return cams
+
+
+# -- CDF poses ---------------------------------------------------------------------------------
+def cdf_num_frames(path: Path, width: int) -> int:
+    """Frames in a Pose CDF without reading the data."""
+    try:
+        info = cdflib.CDF(str(path)).varinq("Pose")
+    except FileNotFoundError:
+        raise SampleError("pose file missing", file=str(path)) from None
+    except (OSError, ValueError, KeyError) as e:
+        raise SampleError(f"unreadable pose CDF: {e}", file=str(path)) from None
+    dims = list(info.Dim_Sizes)
+    if not dims or dims[-1] != width:
+        dim = 3 if width == 96 else 2
+        raise SampleError(f"CDF variable Pose has dimensions {dims}, expected [N, {width}] (32 joints x {dim})", file=str(path))
+    return int(np.prod(dims[:-1])) * (info.Last_Rec + 1)
+
+
+def read_pose_cdf(path: Path, width: int, sample: str | None) -> np.ndarray:
+    """CDF `Pose` (1, N, width) -> (N, width // dim, dim) float64 (dim = 3 for 3D, 2 for 2D)."""
+    try:
+        pose = np.asarray(cdflib.CDF(str(path)).varget("Pose"), np.float64)
+    except FileNotFoundError:
+        raise SampleError("pose file missing", file=str(path), sample=sample) from None
+    except (OSError, ValueError, KeyError) as e:
+        raise SampleError(f"unreadable pose CDF: {e}", file=str(path), sample=sample) from None
+    if pose.shape[-1] != width:
+        raise SampleError(f"CDF variable Pose has shape {pose.shape}, expected (1, N, {width})", file=str(path), sample=sample)
+    dim = 3 if width == 96 else 2
+    return pose.reshape(-1, 32, dim)
+
+
+# -- original release --------------------------------------------------------------------------
+def original_items(root: Path, subjects: list[str], cameras: list[str], exclude: set[str], stride: int,
+                   frames_per_item: int) -> tuple[list, list]:
+    """Work items (subject, sequence, camera, first frame, stop) of `frames_per_item` kept frames
+    each, and the sequences used."""
+    items, used = [], []
+    for subject in subjects:
+        for cdf in sorted((root / subject / D3_DIR).glob("*.cdf")):
+            base, _, cam = cdf.stem.rpartition(".")
+            if base.startswith("_ALL") or cam not in cameras or f"{subject}/{base}.{cam}" in exclude:
+                continue
+            n = cdf_num_frames(cdf, 96)
+            used.append(f"{subject}/{base}.{cam}")
+            span = stride * frames_per_item
+            items += [(subject, base, cam, first, min(first + span, n)) for first in range(0, n, span)]
+    return items, used
+
+
+def make_samples_original(item, *, root: Path, split: str, stride: int, cameras: dict, use_masks: bool,
+                          crop_size: int, context: float):
+    subject, base, cam_id, first, stop = item
+    cam: Camera = cameras[cam_id]
+    seq_key = f"h36m_{split}_{subject}_{key_part(base)}_{cam_id}"
+    name = f"{base}.{cam_id}"
+    cdf_path = root / subject / D3_DIR / f"{name}.cdf"
+    video = root / subject / "Videos" / f"{name}.mp4"
+    pose = read_pose_cdf(cdf_path, 96, f"{seq_key}_{first:06d}")
+    if stop > len(pose):
+        raise SampleError(f"pose file has {len(pose)} frames, expected at least {stop}", file=str(cdf_path), sample=seq_key)
+    d2_path = root / subject / D2_DIR / f"{name}.cdf"
+    d2 = read_pose_cdf(d2_path, 64, seq_key) if d2_path.exists() else None
+    mask_path = root / subject / MASK_DIR / f"{name}.mat"
+    mask_file = open_mat73(mask_path, "mask file", seq_key) if use_masks and mask_path.exists() else None
+    try:
+        refs = None
+        if mask_file is not None:
+            refs = mat73_dataset(mask_file, "Masks", "mask file", seq_key).ravel()
+        for f, image in video_frames(video, range(first, stop, stride), seq_key):
+            key = f"{seq_key}_{f:06d}"
+            joints = check_joints(pose[f][H36M32_TO_H36M17], (17, 3), f"frame {f} Pose", cdf_path, key)
+            in_front(joints, cdf_path, key)
+            uv = pinhole(joints, cam.fx, cam.fy, cam.cx, cam.cy)
+            crop = body_crop(uv, crop_size, context)
+            mask = None
+            if refs is not None:
+                if f >= len(refs):
+                    raise SampleError(f"mask file has {len(refs)} masks, frame {f} needed", file=str(mask_path), sample=key)
+                try:
+                    m = np.asarray(mask_file[refs[f]][()]).T      # stored column-major: W x H
+                except (KeyError, ValueError, TypeError, OSError) as e:
+                    raise SampleError(f"mask {f} unreadable: {e}", file=str(mask_path), sample=key) from None
+                if m.shape != image.shape[:2]:
+                    raise SampleError(f"mask {f} is {m.shape[::-1]} but the video frame {image.shape[1::-1]}",
+                                      file=str(mask_path), sample=key)
+                mask = crop.mask(np.where(m > 0, 255, 0).astype(np.uint8))
+            extra = {}
+            if d2 is not None and f < len(d2):
+                extra["d2_vs_pinhole_px"] = round(float(np.abs(d2[f][H36M32_TO_H36M17] - uv).max()), 3)
+            yield Sample(
+                key=key,
+                image=crop.image(image),
+                mask=mask,
+                joints3d_mm=crop.points3d(joints),
+                joints2d_px=crop.points(uv),
+                visible=np.ones(17, bool),
+                intrinsics=crop.intrinsics(cam.fx, cam.fy, cam.cx, cam.cy),
+                meta={"dataset": "h36m", "split": split, "layout": "original", "source": str(video.relative_to(root)),
+                      "annotation": str(cdf_path.relative_to(root)), "subject": subject, "sequence": base,
+                      "camera": cam_id, "frame": f, "image_size": [image.shape[1], image.shape[0]],
+                      "joint_order": "h36m17", "root_index": 0, "root_kind": "pelvis",
+                      "intrinsics_model": "pinhole part, lens distortion not removed", **extra, **crop.meta()},
+            )
+    finally:
+        if mask_file is not None:
+            mask_file.close()
+
+
+# -- h36m-fetch extracted frames ---------------------------------------------------------------
+def extracted_root(src_root: Path) -> Path:
+    return src_root / "processed" if (src_root / "processed").is_dir() else src_root
+
+
+def load_extracted(root: Path, subjects: list[str], cameras: list[str], stride: int) -> tuple[dict, list]:
+    """{(subject, action dir): (h36m17 joints (n,17,3), frames (n,), cameras (n,), fitted intrinsics)}
+    and the items (subject, action dir, row) whose camera is wanted and frame - 1 is a multiple
+    of `stride`."""
+    annots, items = {}, []
+    for subject in subjects:
+        for annot in sorted((root / subject).glob("*/annot.h5")):
+            action = annot.parent.name
+            try:
+                with h5py.File(annot, "r") as f:
+                    missing = [k for k in ("pose/3d", "frame", "camera") if k not in f]
+                    if missing:
+                        raise SampleError(f"annot.h5 lacks {missing} (pose/3d needs h36m-fetch's current "
+                                          "process_all.py)", file=str(annot))
+                    pose = np.asarray(f["pose/3d"][()], np.float64)
+                    frames = np.asarray(f["frame"][()]).astype(np.int64).ravel()
+                    cams = np.asarray(f["camera"][()]).astype(np.int64).ravel()
+                    fitted = {k: np.asarray(v[()], np.float64).ravel() for k, v in f["intrinsics"].items()} \
+                        if "intrinsics" in f else {}
+            except OSError as e:
+                raise SampleError(f"unreadable annot.h5: {e}", file=str(annot)) from None
+            if pose.ndim != 3 or pose.shape[1:] != (32, 3) or len(frames) != len(pose) or len(cams) != len(pose):
+                raise SampleError(f"annot.h5 pose/3d {pose.shape}, frame {frames.shape}, camera {cams.shape}: "
+                                  "expected (n, 32, 3), (n,), (n,)", file=str(annot))
+            annots[(subject, action)] = (pose[:, H36M32_TO_H36M17].astype(np.float32), frames, cams, fitted)
+            items += [(subject, action, row) for row in range(len(pose))
+                      if str(cams[row]) in cameras and (frames[row] - 1) % stride == 0]
+    return annots, items
+
+
+def make_samples_extracted(item, *, root: Path, split: str, annots: dict, cameras: dict, intrinsics: str,
+                           crop_size: int, context: float):
+    subject, action, row = item
+    joints_all, frames, cams, fitted = annots[(subject, action)]
+    frame, cam_id = int(frames[row]), str(cams[row])
+    key = f"h36m_{split}_{subject}_{key_part(action)}_{cam_id}_{frame - 1:06d}"
+    annot = root / subject / action / "annot.h5"
+    image_path = root / subject / action / "imageSequence" / cam_id / f"img_{frame:06d}.jpg"
+    joints = check_joints(joints_all[row], (17, 3), f"pose/3d row {row}", annot, key)
+    in_front(joints, annot, key)
+    if intrinsics == "annot":
+        if cam_id not in fitted or fitted[cam_id].shape != (4,):
+            raise SampleError(f"annot.h5 lacks intrinsics/{cam_id} (alpha_x, x_0, alpha_y, y_0)", file=str(annot), sample=key)
+        fx, cx, fy, cy = fitted[cam_id]
+    else:
+        cam = cameras[cam_id]
+        fx, fy, cx, cy = cam.fx, cam.fy, cam.cx, cam.cy
+    uv = pinhole(joints, fx, fy, cx, cy)
+    image = load_rgb(image_path, key)
+    crop = body_crop(uv, crop_size, context)
+    yield Sample(
+        key=key,
+        image=crop.image(image),
+        joints3d_mm=crop.points3d(joints),
+        joints2d_px=crop.points(uv),
+        visible=np.ones(17, bool),
+        intrinsics=crop.intrinsics(fx, fy, cx, cy),
+        meta={"dataset": "h36m", "split": split, "layout": "extracted", "source": str(image_path.relative_to(root)),
+              "annotation": str(annot.relative_to(root)), "annotation_row": row, "subject": subject,
+              "sequence": action, "camera": cam_id, "frame": frame - 1, "image_size": [image.shape[1], image.shape[0]],
+              "joint_order": "h36m17", "root_index": 0, "root_kind": "pelvis",
+              "intrinsics_model": "pinhole " + ("fitted by h36m-fetch (annot.h5)" if intrinsics == "annot" else
+                                               "part of the camera constants") + ", lens distortion not removed",
+              **crop.meta()},
+    )
+
+
+# -- command -----------------------------------------------------------------------------------
+def split_list(text: str | None) -> list[str]:
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
+
+
+def detect_layout(src_root: Path) -> str:
+    if (src_root / "processed").is_dir() or list(src_root.glob("S*/*/annot.h5")):
+        return "extracted"
+    if list(src_root.glob(f"S*/{D3_DIR}")):
+        return "original"
+    raise click.ClickException(f"{src_root}: neither S*/{D3_DIR}/ (original release) nor "
+                               "[processed/]S*/<Action>-<sub>/annot.h5 (h36m-fetch) found")
+
+
+@click.command("h36m")
+@click.argument("src_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--layout", type=click.Choice(["auto", "original", "extracted"]), default="auto", show_default=True,
+              help="original release (CDF + mp4) or h36m-fetch's extracted frames (processed/.../annot.h5 + jpg)")
+@click.option("--splits", default="train,test", show_default=True, help="comma list of train, test")
+@click.option("--train-subjects", default=",".join(TRAIN_SUBJECTS), show_default=True)
+@click.option("--test-subjects", default=",".join(TEST_SUBJECTS), show_default=True)
+@click.option("--cameras", default=",".join(CAMERA_IDS), show_default=True, help="comma list of camera ids")
+@click.option("--train-stride", type=int, default=None,
+              help="keep video frames whose 0-based index is a multiple of this [original: 5, extracted: 1]")
+@click.option("--test-stride", type=int, default=None, help="the same for test subjects [original: 64, extracted: 1]")
+@click.option("--frames-per-item", type=int, default=16, show_default=True,
+              help="original layout: kept frames per work item (one video chunk decoded in order)")
+@click.option("--exclude", default=DEFAULT_EXCLUDE, show_default=True,
+              help="comma list of <subject>/<Action>.<camid> to leave out (default: the corrupt S11 video)")
+@click.option("--metadata", "metadata_xml", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="metadata.xml for the camera intrinsics [SRC_ROOT/metadata.xml when present, else built-in constants]")
+@click.option("--masks/--no-masks", default=True, show_default=True,
+              help="original layout: crop MySegmentsMat/ground_truth_bs masks when present")
+@click.option("--intrinsics", type=click.Choice(["constants", "annot"]), default="constants", show_default=True,
+              help="extracted layout: camera constants, or the intrinsics h36m-fetch fitted into annot.h5")
+@conversion_options
+def cli(src_root, out_dir, layout, splits, train_subjects, test_subjects, cameras, train_stride, test_stride,
+        frames_per_item, exclude, metadata_xml, masks, intrinsics, crop_size, context, **kw):
+    """Human3.6M (original release or h36m-fetch frames) -> OUT_DIR/{train,test}/ shards.
+
+    h36m17 joints in camera-frame millimetres from D3_Positions_mono; crops around the body;
+    pinhole part of the camera (distortion not removed); background-subtraction masks when present."""
+    if layout == "auto":
+        layout = detect_layout(src_root)
+    wanted_cams = split_list(cameras)
+    if metadata_xml is None and (src_root / "metadata.xml").exists():
+        metadata_xml = src_root / "metadata.xml"
+    try:
+        cams = cameras_from_metadata(metadata_xml) if metadata_xml else cameras_from_constants()
+    except SampleError as e:
+        raise click.ClickException(str(e))
+    unknown = [c for c in wanted_cams if c not in cams]
+    if unknown:
+        raise click.BadParameter(f"unknown cameras {unknown}; known: {sorted(cams)}", param_hint="--cameras")
+    if frames_per_item < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--frames-per-item")
+    excluded = set(split_list(exclude))
+    subjects = {"train": split_list(train_subjects), "test": split_list(test_subjects)}
+    strides = {"train": train_stride or DEFAULT_STRIDES[layout]["train"],
+               "test": test_stride or DEFAULT_STRIDES[layout]["test"]}
+    root = extracted_root(src_root) if layout == "extracted" else src_root
+    for split in split_list(splits):
+        if split not in subjects:
+            raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
+        present = [s for s in subjects[split] if (root / s).is_dir()]
+        absent = [s for s in subjects[split] if s not in present]
+        if absent:
+            click.echo(f"h36m/{split}: warning: subjects {absent} not found under {root}", err=True)
+        stride = strides[split]
+        try:
+            if layout == "original":
+                items, used = original_items(root, present, wanted_cams, excluded, stride, frames_per_item)
+                make = functools.partial(make_samples_original, root=root, split=split, stride=stride, cameras=cams,
+                                         use_masks=masks, crop_size=crop_size, context=context)
+                layout_extra = {"sequences": used, "exclude": sorted(excluded), "frames_per_item": frames_per_item,
+                                "joint_source": "MyPoseFeatures/D3_Positions_mono",
+                                "masks": "MySegmentsMat/ground_truth_bs when present" if masks else "off",
+                                "camera_model": "pinhole part of metadata.xml/w0 constants; distortion not removed"}
+            else:
+                annots, items = load_extracted(root, present, wanted_cams, stride)
+                make = functools.partial(make_samples_extracted, root=root, split=split, annots=annots, cameras=cams,
+                                         intrinsics=intrinsics, crop_size=crop_size, context=context)
+                layout_extra = {"sequences": sorted(f"{s}/{a}" for s, a in annots), "masks": "none in this layout",
+                                "joint_source": "annot.h5 pose/3d (h36m-fetch's copy of D3_Positions_mono)",
+                                "intrinsics": intrinsics,
+                                "camera_model": ("pinhole fitted by h36m-fetch" if intrinsics == "annot" else
+                                                 "pinhole part of metadata.xml/w0 constants") + "; distortion not removed"}
+        except SampleError as e:
+            raise click.ClickException(str(e))
+        if not items:
+            click.echo(f"h36m/{split}: no frames found, nothing written", err=True)
+            continue
+        m = convert_split(items, make, out_dir / split, desc=f"h36m/{split}",
+                          manifest_extra={"dataset": "h36m", "split": split, "joint_order": "h36m17",
+                                          "layout": layout, "subjects": present, "cameras": wanted_cams,
+                                          "camera_intrinsics": {c: cams[c].manifest() for c in wanted_cams},
+                                          "camera_source": str(metadata_xml) if metadata_xml else "built-in constants",
+                                          "stride": stride, "joint_map": f"h36m32 -> h36m17 {H36M32_TO_H36M17.tolist()}",
+                                          "crop_size": crop_size, "context": context,
+                                          **layout_extra},
+                          **driver_kwargs(**kw))
+        click.echo(f"h36m/{split}: {m['samples']} samples in {m['num_shards']} shards, {len(m['skipped'])} skipped")

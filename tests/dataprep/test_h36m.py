@@ -1,0 +1,272 @@
+"""`dataprep h36m` on tiny trees in Human3.6M's original release layout (CDF poses, mp4 videos,
+MATLAB v7.3 background-subtraction masks, metadata.xml) and in h36m-fetch's extracted-frames
+layout, with one known skeleton per frame; plus the video reader's seeking."""
+from pathlib import Path
+
+import cdflib
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from dataprep.bodies import video_frames
+from dataprep.cli import cli
+from dataprep.h36m import CAMERA_CONSTANTS
+from shards import iter_samples, read_manifest
+from shards.schema import SampleError
+from tests.body_fixtures import (BLUE, GREEN, H36M17_NAMES, H36M32_NAMES, RED, body_axes, check_body,
+                                 colour_centroid, disk_mask, frame_image, mat73_array, mat73_file, place, raw,
+                                 write_video)
+
+SIZE = 128
+# Small-image cameras written to the fixture's metadata.xml (the real ones / 8).
+SMALL_CAMS = {cid: tuple(v[i] / 8 if i < 4 else v[i] for i in range(9)) for cid, v in CAMERA_CONSTANTS.items()}
+# (subject, sequence, camera) -> video frames, pose frames, yaw at frame 0, pelvis x at frame 0 (mm)
+SEQS = {
+    ("S1", "Directions 1", "54138969"): (12, 10, 20.0, -200.0),
+    ("S1", "Directions 1", "55011271"): (12, 10, -60.0, 150.0),
+    ("S9", "Walking", "54138969"): (30, 30, 160.0, -300.0),      # walking away: seen from behind
+    ("S11", "Directions", "55011271"): (6, 6, 60.0, 0.0),
+}
+MASKED = ("S1", "Directions 1", "54138969")
+D2_OFFSET = 1.25       # the fixture's "distorted" D2 = pinhole + this, in px
+MASK_RADIUS = 9.0
+
+
+def body(seq, f):
+    _, _, yaw0, x0 = SEQS[seq]
+    axes = body_axes(yaw0 + 2 * f)
+    return place(axes, (x0 + 20 * f, 150.0, 4500 + 10 * f)), axes[1]
+
+
+def level(f):
+    return 40 + 7 * (f % 25)
+
+
+def pin(xyz, cam):
+    fx, fy, cx, cy = cam[:4]
+    return np.stack([fx * xyz[:, 0] / xyz[:, 2] + cx, fy * xyz[:, 1] / xyz[:, 2] + cy], 1)
+
+
+def write_cdf(path, pose):
+    """Pose (N, 32, d) -> a CDF with variable Pose of one record (N, 32 * d), as the release has."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(pose)
+    c = cdflib.cdfwrite.CDF(str(path), cdf_spec={"Majority": "Row_major"})
+    c.write_var({"Variable": "Pose", "Data_Type": cdflib.cdfwrite.CDF.CDF_FLOAT, "Num_Elements": 1, "Rec_Vary": True,
+                 "Dim_Sizes": [n, pose.shape[1] * pose.shape[2]]}, var_attrs={},
+                var_data=pose.reshape(1, n, -1).astype(np.float32))
+    c.close()
+
+
+def write_metadata(path, cams):
+    w0 = list(np.linspace(-1, 1, 264)) + [v for cid in cams for v in cams[cid]]
+    items = "".join(f"<item>{cid}</item>" for cid in cams)
+    path.write_text(f'<?xml version="1.0" encoding="utf-8"?>\n<a><w0>[{" ".join(f"{v:.12g}" for v in w0)}]</w0>'
+                    f"<dbcameras><index2id>{items}</index2id></dbcameras></a>")
+
+
+def write_masks(path, masks):
+    """ground_truth_bs .mat: MATLAB v7.3 cell `Masks` of logical HxW masks (object references)."""
+    with mat73_file(path) as f:
+        refs = f.create_group("#refs#")
+        ds = f.create_dataset("Masks", shape=(len(masks), 1), dtype=h5py.ref_dtype)
+        for i, m in enumerate(masks):
+            ds[i, 0] = mat73_array(refs, f"m{i}", m.T.astype(np.uint8), "logical").ref
+        ds.attrs["MATLAB_class"] = np.bytes_("cell")
+
+
+def write_original(root: Path, seqs=SEQS, nan_at=None, width=96):
+    for seq, (n_video, n_pose, _, _) in seqs.items():
+        subject, name, cam_id = seq
+        cam = SMALL_CAMS[cam_id]
+        pose32, frames, masks, d2 = [], [], [], []
+        for f in range(n_video):
+            named, _ = body(seq, f)
+            j32 = raw(named, H36M32_NAMES)
+            uv = pin(j32, cam)
+            u17 = pin(raw(named, H36M17_NAMES), cam)
+            frames.append(frame_image(SIZE, SIZE, {RED: u17[16], GREEN: u17[13], BLUE: u17[10]}, level(f)))
+            masks.append(disk_mask(SIZE, SIZE, u17[0], MASK_RADIUS))
+            pose32.append(j32)
+            d2.append(uv + D2_OFFSET)
+        pose = np.array(pose32[:n_pose])
+        if nan_at is not None and seq == nan_at[0]:
+            pose[nan_at[1], 2, 1] = np.nan
+        if width != 96:
+            pose = pose.reshape(n_pose, -1)[:, :width].reshape(n_pose, -1, 3)
+        write_cdf(root / subject / "MyPoseFeatures/D3_Positions_mono" / f"{name}.{cam_id}.cdf", pose)
+        write_video(root / subject / "Videos" / f"{name}.{cam_id}.mp4", frames)
+        if seq == MASKED:
+            write_cdf(root / subject / "MyPoseFeatures/D2_Positions" / f"{name}.{cam_id}.cdf", np.array(d2[:n_pose]))
+            write_masks(root / subject / "MySegmentsMat/ground_truth_bs" / f"{name}.{cam_id}.mat", masks)
+    root.mkdir(parents=True, exist_ok=True)
+    write_metadata(root / "metadata.xml", SMALL_CAMS)
+
+
+def write_extras(root: Path):
+    """What must be left out: a `_ALL` pose file (no video) and S11's corrupt Directions video."""
+    write_cdf(root / "S1/MyPoseFeatures/D3_Positions_mono/_ALL 1.54138969.cdf", np.ones((4, 32, 3)))
+    named, _ = body(("S11", "Directions", "55011271"), 0)
+    write_cdf(root / "S11/MyPoseFeatures/D3_Positions_mono/Directions.54138969.cdf", np.array([raw(named, H36M32_NAMES)] * 3))
+    (root / "S11/Videos").mkdir(parents=True, exist_ok=True)
+    (root / "S11/Videos/Directions.54138969.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_h36m_original_release(tmp_path):
+    src, out = tmp_path / "h36m", tmp_path / "out"
+    write_original(src)
+    write_extras(src)
+    res = run("h36m", src, out, "--crop-size", 96, "--test-stride", 8, "--frames-per-item", 2, "--workers", 2)
+    assert res.exit_code == 0, res.output
+    samples = {s.key: s for split in ("train", "test") for s in iter_samples(out / split)}
+    expected_keys = sorted([f"h36m_train_S1_Directions_1_{c}_{f:06d}" for c in ("54138969", "55011271") for f in (0, 5)]
+                           + [f"h36m_test_S9_Walking_54138969_{f:06d}" for f in (0, 8, 16, 24)]
+                           + ["h36m_test_S11_Directions_55011271_000000"])
+    assert sorted(samples) == expected_keys
+    for key, s in samples.items():
+        m = s.meta
+        seq = (m["subject"], m["sequence"], m["camera"])
+        f = m["frame"]
+        named, facing = body(seq, f)
+        cam = SMALL_CAMS[m["camera"]]
+        assert m["split"] == ("train" if m["subject"] == "S1" else "test")
+        assert m["source"] == f"{m['subject']}/Videos/{m['sequence']}.{m['camera']}.mp4"
+        assert m["image_size"] == [SIZE, SIZE] and m["joint_order"] == "h36m17" and m["root_kind"] == "pelvis"
+        check_body(s, raw(named, H36M17_NAMES), facing)
+        # the crop camera is the metadata.xml pinhole camera scaled by the crop
+        scale = s.intrinsics[0] / cam[0]
+        assert abs(s.intrinsics[1] / cam[1] - scale) < 1e-5
+        # the right video frame: its background brightness identifies it
+        assert abs(np.median(s.image) - level(f)) <= 3, (key, np.median(s.image), level(f))
+        assert np.abs(colour_centroid(s.image, BLUE) - s.joints2d_px[10]).max() < 1.5
+        if seq == MASKED:
+            yy, xx = np.nonzero(s.mask == 255)
+            assert set(np.unique(s.mask)) == {0, 255}
+            assert abs(len(xx) / (np.pi * (MASK_RADIUS * scale) ** 2) - 1) < 0.12
+            np.testing.assert_allclose([xx.mean() + 0.5, yy.mean() + 0.5], s.joints2d_px[0], atol=0.7)
+            assert m["d2_vs_pinhole_px"] == pytest.approx(D2_OFFSET, abs=1e-3)
+        else:
+            assert s.mask is None and "d2_vs_pinhole_px" not in m
+    for split, n, stride in (("train", 4, 5), ("test", 5, 8)):
+        man = read_manifest(out / split)
+        assert (man["samples"], man["stride"], man["layout"], man["joint_order"], man["skipped"]) == (n, stride, "original", "h36m17", [])
+        assert man["camera_source"] == str(src / "metadata.xml")
+        assert man["camera_intrinsics"]["54138969"]["fx"] == pytest.approx(SMALL_CAMS["54138969"][0])
+    assert read_manifest(out / "test")["exclude"] == ["S11/Directions.54138969"]
+    assert read_manifest(out / "test")["sequences"] == ["S9/Walking.54138969", "S11/Directions.55011271"]
+    res = run("verify", out)
+    assert res.exit_code == 0 and res.output.count("OK") == 2, res.output
+
+
+def test_h36m_extracted_frames_layout(tmp_path):
+    """h36m-fetch: processed/<S>/<Action>-<sub>/annot.h5 + imageSequence/<cam>/img_%06d.jpg at the
+    real image sizes, with the built-in camera constants."""
+    root = tmp_path / "h36m-fetch" / "processed"
+    layout = {("S1", "Directions-1"): ([1, 6, 11], ("54138969", "55011271")), ("S9", "Walking-1"): ([1, 65], ("58860488",))}
+    sizes = {"54138969": (1000, 1002), "55011271": (1000, 1000), "58860488": (1000, 1000)}
+    truth = {}
+    for (subject, action), (frames, cams) in layout.items():
+        rows = {"pose/3d": [], "frame": [], "camera": []}
+        for cam_id in cams:
+            for fr in frames:
+                named, facing = body(("S1", "Directions 1", "54138969"), fr % 12)
+                rows["pose/3d"].append(raw(named, H36M32_NAMES))
+                rows["frame"].append(fr)
+                rows["camera"].append(int(cam_id))
+                u17 = pin(raw(named, H36M17_NAMES), CAMERA_CONSTANTS[cam_id])
+                img = frame_image(*sizes[cam_id], {RED: u17[16], GREEN: u17[13]}, level(fr), radius=14)
+                p = root / subject / action / "imageSequence" / cam_id / f"img_{fr:06d}.jpg"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(p, quality=95)
+                truth[(subject, cam_id, fr - 1)] = (raw(named, H36M17_NAMES), facing)
+        with h5py.File(root / subject / action / "annot.h5", "w") as f:
+            for k, v in rows.items():
+                f.create_dataset(k, data=np.array(v))
+            for cam_id in cams:   # what h36m-fetch fits to the distorted D2: close to, not equal to, the constants
+                fx, fy, cx, cy = CAMERA_CONSTANTS[cam_id][:4]
+                f.create_dataset(f"intrinsics/{cam_id}", data=np.array([fx + 3, cx - 1, fy + 2, cy + 1]))
+    out = tmp_path / "out"
+    res = run("h36m", tmp_path / "h36m-fetch", out, "--crop-size", 96)
+    assert res.exit_code == 0, res.output
+    samples = {s.key: s for split in ("train", "test") for s in iter_samples(out / split)}
+    assert sorted(samples) == sorted([f"h36m_train_S1_Directions-1_{c}_{f:06d}" for c in ("54138969", "55011271") for f in (0, 5, 10)]
+                                     + [f"h36m_test_S9_Walking-1_58860488_{f:06d}" for f in (0, 64)])
+    for s in samples.values():
+        m = s.meta
+        expected, facing = truth[(m["subject"], m["camera"], m["frame"])]
+        check_body(s, expected, facing, dot_tol_px=1.2)
+        assert m["layout"] == "extracted" and m["image_size"] == list(sizes[m["camera"]])
+        assert m["source"].endswith(f"imageSequence/{m['camera']}/img_{m['frame'] + 1:06d}.jpg")
+        assert s.intrinsics[0] / s.intrinsics[1] == pytest.approx(CAMERA_CONSTANTS[m["camera"]][0] / CAMERA_CONSTANTS[m["camera"]][1], rel=1e-6)
+        assert abs(np.median(s.image) - level(m["frame"] + 1)) <= 3
+    man = read_manifest(out / "train")
+    assert (man["layout"], man["stride"], man["camera_source"], man["intrinsics"]) == ("extracted", 1, "built-in constants", "constants")
+    # the intrinsics h36m-fetch fitted, on request; a stride on the 1-based frame numbers
+    res = run("h36m", tmp_path / "h36m-fetch", tmp_path / "out2", "--splits", "test", "--intrinsics", "annot", "--test-stride", 64)
+    assert res.exit_code == 0, res.output
+    (s0, s64) = sorted(iter_samples(tmp_path / "out2" / "test"), key=lambda s: s.meta["frame"])
+    assert (s0.meta["frame"], s64.meta["frame"]) == (0, 64)
+    fx, fy = CAMERA_CONSTANTS["58860488"][:2]
+    assert s0.intrinsics[0] / s0.intrinsics[1] == pytest.approx((fx + 3) / (fy + 2), rel=1e-6)
+
+
+def test_h36m_bad_input_names_file_and_sample(tmp_path):
+    seq = ("S1", "Directions 1", "55011271")
+    only = {seq: SEQS[seq]}
+    cdf = "S1/MyPoseFeatures/D3_Positions_mono/Directions 1.55011271.cdf"
+
+    write_original(tmp_path / "nan", only, nan_at=(seq, 5))
+    res = run("h36m", tmp_path / "nan", tmp_path / "o1", "--splits", "train")
+    assert res.exit_code != 0 and "NaN" in res.output
+    assert str(tmp_path / "nan" / cdf) in res.output and "h36m_train_S1_Directions_1_55011271_000005" in res.output
+
+    write_original(tmp_path / "joints", only, width=90)
+    res = run("h36m", tmp_path / "joints", tmp_path / "o2", "--splits", "train")
+    assert res.exit_code != 0 and "[10, 90]" in res.output and "32 joints x 3" in res.output
+    assert str(tmp_path / "joints" / cdf) in res.output
+
+    src = tmp_path / "corrupt"
+    write_original(src, {})
+    write_extras(src)
+    res = run("h36m", src, tmp_path / "o3", "--splits", "test", "--exclude", "")
+    assert res.exit_code != 0 and "corrupt" in res.output
+    assert str(src / "S11/Videos/Directions.54138969.mp4") in res.output and "h36m_test_S11_Directions_54138969" in res.output
+
+    write_original(tmp_path / "short", only)
+    video = tmp_path / "short/S1/Videos/Directions 1.55011271.mp4"
+    video.unlink()
+    res = run("h36m", tmp_path / "short", tmp_path / "o4", "--splits", "train")
+    assert res.exit_code != 0 and "video file missing" in res.output and str(video) in res.output
+    # --skip-bad records the chunk and converts the rest
+    res = run("h36m", tmp_path / "short", tmp_path / "o5", "--splits", "train", "--skip-bad", "--frames-per-item", 1,
+              "--train-stride", 3)
+    assert res.exit_code == 0, res.output
+    man = read_manifest(tmp_path / "o5" / "train")
+    assert man["samples"] == 0 and len(man["skipped"]) == 4 and all("video file missing" in s["reason"] for s in man["skipped"])
+
+
+def test_video_frames_decodes_in_order_and_seeks_across_gaps(tmp_path):
+    """300 H.264 frames whose colour encodes their index; sparse indices force seeks."""
+    frames = []
+    for i in range(300):
+        img = np.zeros((32, 48, 3), np.uint8)
+        img[..., 0], img[..., 1] = (i // 16) * 12 + 6, (i % 16) * 16 + 8
+        frames.append(img)
+    video = tmp_path / "v.mp4"
+    write_video(video, frames)
+
+    def decoded(img):
+        return int(img[..., 0].mean() // 12) * 16 + int(img[..., 1].mean() // 16)
+
+    for wanted, gap in (([0, 3, 150, 151, 290, 299], 20), (list(range(0, 300, 64)), 10), ([7, 8, 9], 200)):
+        got = [(i, decoded(img)) for i, img in video_frames(video, wanted, seek_gap=gap)]
+        assert got == [(i, i) for i in wanted]
+    assert [i for i, _ in video_frames(video, [298, 305, 400], allow_short=True)] == [298]
+    with pytest.raises(SampleError, match=r"video ends before frame 305 \(last frame 299\).*v\.mp4.*sample k"):
+        list(video_frames(video, [298, 305], sample="k"))
