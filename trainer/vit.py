@@ -9,6 +9,8 @@ MAE's fixed 2D sin-cos position embedding, plus the two things this method needs
   `forward_with_cls_attention` gets it from a forward hook on each `blk.attn.qkv`: softmax of
   (q_cls * scale) @ k^T is O(N) per block, while the block itself keeps timm's fused attention
   (F.scaled_dot_product_attention), so no N x N attention map is ever materialised.
+  The rows carry gradients through q and k. Do not wrap the blocks in reentrant activation
+  checkpointing (its forward runs without grad, so the rows would have none).
 
 Public API
     vit_config(name) -> dict                       "tiny" | "small" | "base" | "large"
@@ -80,9 +82,10 @@ def cls_attention_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
     the regulariser's small differences survive bf16 training."""
     B, T, _ = qkv.shape
     qkv = qkv.view(B, T, 3, attn.num_heads, attn.head_dim)
-    q_cls = attn.q_norm(qkv[:, :1, 0].transpose(1, 2)).float()  # (B, H, 1, d)
-    k = attn.k_norm(qkv[:, :, 1].transpose(1, 2)).float()       # (B, H, T, d)
-    row = ((q_cls * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, 1, T)
+    q_cls = attn.q_norm(qkv[:, :1, 0].transpose(1, 2))  # (B, H, 1, d)
+    k = attn.k_norm(qkv[:, :, 1].transpose(1, 2))       # (B, H, T, d)
+    with torch.autocast(qkv.device.type, enabled=False):  # keep float32 under bf16 autocast
+        row = ((q_cls.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(dim=-1)  # (B, H, 1, T)
     return row[:, :, 0, 1:].mean(dim=1)
 
 
@@ -98,7 +101,7 @@ class ViTEncoder(nn.Module):
         # frozen Parameter; nothing to learn, nothing to save).
         self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, self.patch_embed.grid_size)[None],
                              persistent=False)
-        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows with depth
+        drop_path = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # stochastic depth grows with depth
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=drop_path[i],
                   norm_layer=partial(nn.LayerNorm, eps=1e-6))
@@ -133,6 +136,8 @@ class ViTEncoder(nn.Module):
         """-> (tokens (B, 1+N, C), attn (B, depth, N) float32), the blocks' class-token rows."""
         with self.recording_cls_attention() as rows:
             tokens = self(images)
+        if len(rows) != self.depth:  # e.g. blocks wrapped so that qkv runs twice or not at all
+            raise RuntimeError(f"expected {self.depth} class-token rows from one forward, got {len(rows)}")
         return tokens, torch.stack(rows, dim=1)
 
     @contextmanager
@@ -150,9 +155,11 @@ class ViTEncoder(nn.Module):
                 h.remove()
 
     def group_matcher(self, coarse: bool = False) -> dict:
-        """Layer groups for timm's param_groups_layer_decay: embeddings first, block i next."""
+        """Layer groups for timm's param_groups_layer_decay, as ViTPose/BEiT decay: embeddings
+        at layer 0, block i at i + 1, the final norm alone on top (lr scale 1). timm's own ViT
+        merges its norm into the last block ((99999,) = "previous group"); we do not."""
         return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
-                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (100000,))])
 
     def no_weight_decay(self) -> set:
         return {"cls_token"}

@@ -1,0 +1,228 @@
+"""3D pose model (METHOD.md Stage 2, paper Table 7) and the attention regulariser (Eq. 6-7).
+
+PoseModel = ViT encoder E + ViTPose's classic head: the class token is dropped for the head, the
+N patch tokens are reshaped to C x h x w, 2 x [ConvTranspose 4x4 s2 (256 ch, no bias) + BN +
+ReLU], then a 1x1 conv to K * Dz channels viewed as (K, Dz, 4h, 4w): a 3D heatmap per joint,
+64 x 64 x 64 for a 256 x 256 input.
+
+The attention network A is a frozen copy of the pre-trained E (FrozenAttentionNet): a plain
+module kept outside the DeepSpeed engine, requires_grad False, always in eval mode. Eq. 6 compares
+per-block class-token attention rows of E and A on the same target images:
+    L_AR = mean over batch and blocks of sum_i (M^E_{b,i} - M^A_{b,i})^2     (reduction "sum_mean")
+and Eq. 7: L = L_pose + lambda * L_AR, lambda 100 for hands, 10 for bodies.
+
+Public API
+    PoseModel(encoder_kwargs: dict, num_joints: int, depth_bins=64, head_channels=256)
+        .forward(images) -> heatmaps (B, K, Dz, H/4, W/4)
+        .forward_with_cls_attention(images) -> (heatmaps, attn (B, depth, N))
+        .cls_attention(images) -> attn (B, depth, N)   encoder only (target images)
+        .group_matcher(coarse=False)   for timm.optim.param_groups_layer_decay
+    FrozenAttentionNet(encoder)   .forward(images) -> attn (B, depth, N), no grad
+    attention_regularisation(maps, frozen_maps, reduction="sum_mean" | "mean" | "none")
+    finetune_loss(pose_loss, ar_loss, lambda_ar) -> pose_loss + lambda_ar * ar_loss
+    LAMBDA_AR = {"hand": 100.0, "body": 10.0}
+    load_pretrained(model, checkpoint, frozen=None, allow_missing=False) -> LoadReport
+    read_module_state_dict(checkpoint) -> dict    a .pt file or a DeepSpeed checkpoint directory
+    CheckpointError (ValueError)
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from trainer.vit import ViTEncoder
+
+LAMBDA_AR = {"hand": 100.0, "body": 10.0}
+# Keys of a pre-training checkpoint that the pose model does not use (MAE's decoder), and of a
+# pose checkpoint that a new pose model re-initialises (the head).
+PRETRAIN_ONLY_PREFIXES = ("decoder_", "mask_token", "head.")
+
+
+class PoseModel(nn.Module):
+    def __init__(self, encoder_kwargs: dict, num_joints: int, depth_bins: int = 64, head_channels: int = 256):
+        super().__init__()
+        self.encoder = ViTEncoder(**encoder_kwargs)
+        self.num_joints, self.depth_bins = num_joints, depth_bins
+        width = self.encoder.embed_dim
+        self.head = nn.Sequential(
+            nn.ConvTranspose2d(width, head_channels, 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(head_channels), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(head_channels, head_channels, 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(head_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(head_channels, num_joints * depth_bins, 1))
+        # ViTPose's head initialisation: small deconv/conv weights, unit BN.
+        for m in self.head.modules():
+            if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d)):
+                nn.init.normal_(m.weight, std=0.001)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def heatmaps_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 1+N, C) encoder tokens -> (B, K, Dz, 4h, 4w); the class token is not used."""
+        h, w = self.encoder.patch_embed.grid_size
+        features = tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+        out = self.head(features)
+        return out.view(out.shape[0], self.num_joints, self.depth_bins, out.shape[-2], out.shape[-1])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.heatmaps_from_tokens(self.encoder(images))
+
+    def forward_with_cls_attention(self, images: torch.Tensor):
+        tokens, attn = self.encoder.forward_with_cls_attention(images)
+        return self.heatmaps_from_tokens(tokens), attn
+
+    def cls_attention(self, images: torch.Tensor) -> torch.Tensor:
+        """M^E on target images: per-block class-token rows, no head."""
+        return self.encoder.forward_with_cls_attention(images)[1]
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """ViTPose's layer decay with timm.optim.param_groups_layer_decay: embeddings at layer 0
+        (scale rate^(depth+1)), block i at i + 1 (rate^(depth-i)), the encoder's final norm and
+        the head together on top (scale 1)."""
+        return dict(stem=r"^encoder\.(?:cls_token|pos_embed|patch_embed)",
+                    blocks=[(r"^encoder\.blocks\.(\d+)", None), (r"^encoder\.norm|^head\.", (100000,))])
+
+    def no_weight_decay(self) -> set:
+        return {"encoder.cls_token"}
+
+
+class FrozenAttentionNet(nn.Module):
+    """A: a frozen copy of the pre-trained encoder; returns M^A (B, depth, N), never updated."""
+
+    def __init__(self, encoder: ViTEncoder):
+        super().__init__()
+        self.encoder = copy.deepcopy(encoder)
+        self.encoder.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # eval always: no drop path, whatever the caller's mode
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_with_cls_attention(images)[1]
+
+
+def attention_regularisation(maps: torch.Tensor, frozen_maps: torch.Tensor, reduction: str = "sum_mean"):
+    """Eq. 6 between M^E and M^A, both (B, depth, N). reduction:
+    "sum_mean" (default): squared L2 over patches per block, mean over blocks and batch;
+    "mean": mean over every entry (= sum_mean / N); "none": the (B, depth) squared L2 norms."""
+    if maps.shape != frozen_maps.shape:
+        raise ValueError(f"attention maps {tuple(maps.shape)} and frozen maps {tuple(frozen_maps.shape)} differ")
+    squared = (maps.float() - frozen_maps.detach().float()) ** 2
+    if reduction == "sum_mean":
+        return squared.sum(dim=-1).mean()
+    if reduction == "mean":
+        return squared.mean()
+    if reduction == "none":
+        return squared.sum(dim=-1)
+    raise ValueError(f"unknown reduction {reduction!r}; choose 'sum_mean', 'mean' or 'none'")
+
+
+def finetune_loss(pose_loss: torch.Tensor, ar_loss: torch.Tensor | None, lambda_ar: float) -> torch.Tensor:
+    """Eq. 7. ar_loss None (source only, no target batch) gives L_pose alone."""
+    return pose_loss if ar_loss is None else pose_loss + lambda_ar * ar_loss
+
+
+# -- pre-trained weights ---------------------------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint that cannot initialise this model; the message names the file."""
+
+
+@dataclass
+class LoadReport:
+    checkpoint: str
+    loaded: list[str] = field(default_factory=list)      # encoder keys copied
+    missing: list[str] = field(default_factory=list)     # encoder keys the checkpoint lacks
+    ignored: list[str] = field(default_factory=list)     # pre-training-only keys (decoder, mask token, head)
+    unexpected: list[str] = field(default_factory=list)  # anything else in the checkpoint
+
+    def __str__(self):
+        lines = [f"loaded {len(self.loaded)} encoder tensors from {self.checkpoint}"]
+        for name, keys in (("missing (left at initialisation)", self.missing),
+                           ("ignored (pre-training only)", self.ignored), ("unexpected", self.unexpected)):
+            if keys:
+                shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+                lines.append(f"  {name}: {shown}")
+        return "\n".join(lines)
+
+
+def read_module_state_dict(checkpoint: str | os.PathLike) -> dict:
+    """The model state dict of a checkpoint: a DeepSpeed checkpoint directory (its `latest` tag,
+    or a tag directory) holding mp_rank_00_model_states.pt, or a .pt file with either a plain
+    state dict or DeepSpeed's {"module": state dict}. Loaded with weights_only=True."""
+    path = os.fspath(checkpoint)
+    if os.path.isdir(path):
+        latest = os.path.join(path, "latest")
+        if os.path.isfile(latest):
+            with open(latest) as f:
+                path = os.path.join(path, f.read().strip())
+        path = os.path.join(path, "mp_rank_00_model_states.pt")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file or one that needs unsafe unpickling: say which file
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    if isinstance(state, dict) and "module" in state:
+        state = state["module"]
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path} holds no model weights (a ZeRO-3 checkpoint? convert it with "
+                              f"DeepSpeed's zero_to_fp32.py first)")
+    if all(k.startswith("module.") for k in state):  # saved from a DDP/engine wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_pretrained(model: PoseModel, checkpoint, frozen: FrozenAttentionNet | None = None,
+                    allow_missing: bool = False) -> LoadReport:
+    """Copy the `encoder.*` weights of a pre-training (MAE) or pose checkpoint into model.encoder
+    and, when given, into the frozen attention network. Raises CheckpointError naming the file
+    when the checkpoint is of another model: no encoder weights, encoder tensors of other shapes
+    or other blocks (another ViT size), or encoder tensors missing (unless allow_missing)."""
+    state = read_module_state_dict(checkpoint)
+    where = os.fspath(checkpoint)
+    report = LoadReport(checkpoint=where)
+    encoder_state = {}
+    for key, value in state.items():
+        if key.startswith("encoder."):
+            encoder_state[key[len("encoder."):]] = value
+        elif key.startswith(PRETRAIN_ONLY_PREFIXES):
+            report.ignored.append(key)
+        else:
+            report.unexpected.append(key)
+    if not encoder_state:
+        raise CheckpointError(f"{where} has no 'encoder.*' weights: not a pre-training or pose checkpoint "
+                              f"(first keys: {', '.join(list(state)[:5])})")
+
+    expected = model.encoder.state_dict()
+    foreign = sorted(set(encoder_state) - set(expected))
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                  for k, v in encoder_state.items() if k in expected and v.shape != expected[k].shape]
+    report.missing = sorted(f"encoder.{k}" for k in set(expected) - set(encoder_state))
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch: " + "; ".join(mismatched[:6]))
+    if foreign:
+        problems.append("encoder tensors this model does not have: " + ", ".join(foreign[:6]))
+    if report.missing and not allow_missing:
+        problems.append("encoder tensors missing from the checkpoint: " + ", ".join(report.missing[:6]))
+    if problems:
+        width = encoder_state["cls_token"].shape[-1] if "cls_token" in encoder_state else "?"
+        depth = len({k.split(".")[1] for k in encoder_state if k.startswith("blocks.")})
+        raise CheckpointError(
+            f"{where} does not fit this encoder (checkpoint: width {width}, {depth} blocks; "
+            f"model: width {model.encoder.embed_dim}, {model.encoder.depth} blocks): " + " | ".join(problems))
+
+    model.encoder.load_state_dict(encoder_state, strict=not allow_missing)
+    if frozen is not None:
+        frozen.encoder.load_state_dict(model.encoder.state_dict())
+    report.loaded = sorted(f"encoder.{k}" for k in encoder_state)
+    return report
