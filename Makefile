@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
-	$(BIN)/python -m dataprep.demo_run --out demo_out
+	$(BIN)/python -m trainer demo --out demo_out
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.dataprep

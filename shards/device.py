@@ -29,8 +29,9 @@ def ensure_distributed_env() -> None:
     """A plain `python -m trainer ...` (no launcher) is a world of one: give torch.distributed
     the variables the deepspeed launcher would have set, so DeepSpeed does not go looking for
     MPI. Launched runs already have them and are left alone."""
-    if "RANK" in os.environ:
-        return
+    launched = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "MV2_COMM_WORLD_RANK")
+    if any(name in os.environ for name in launched):
+        return   # a launcher (deepspeed, mpirun, srun) set up the world; DeepSpeed discovers it
     import socket
     with socket.socket() as s:   # a free port, so concurrent single-process runs don't collide
         s.bind(("127.0.0.1", 0))

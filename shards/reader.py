@@ -49,7 +49,9 @@ def iter_samples(path, decode: bool = True) -> Iterator[Sample | dict]:
     """Yield every sample of the shards at `path` in storage order, decoded to `Sample`
     (or the raw {ext: bytes} dict with `__key__`/`__url__` when decode=False)."""
     urls = [str(p) for p in list_shards(path)]
-    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    # every sample on every rank: iter_samples is no per-rank loader (nodesplitter=None, else
+    # webdataset refuses to run once torch.distributed has more than one rank)
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=None)
     for raw in ds:
         if not decode:
             yield raw

@@ -14,5 +14,15 @@ def cli(local_rank):
     fp32 configs); with CUDA the same commands use GPUs, NCCL and bf16."""
 
 
+from trainer import finetune, masks, pretrain, segnet  # noqa: E402  (stage commands)
+cli.add_command(segnet.cli)
+cli.add_command(masks.cli)
+cli.add_command(pretrain.cli)
+cli.add_command(finetune.cli)
+from trainer import evaluate as evaluate_stage  # noqa: E402
+cli.add_command(evaluate_stage.cli)
+from trainer import demo  # noqa: E402
+cli.add_command(demo.cli)
+
 if __name__ == "__main__":
     cli()
