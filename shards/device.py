@@ -4,6 +4,7 @@ DS_ACCELERATOR=cpu with gloo, fp32."""
 from __future__ import annotations
 
 import os
+import sys
 
 
 def cuda_available() -> bool:
@@ -20,6 +21,13 @@ def dali_device_id(local_rank: int = 0):
 
 def configure_deepspeed_accelerator() -> str:
     """Set DS_ACCELERATOR before deepspeed is imported (it reads it once at import)."""
+    # DeepSpeed JIT-builds an op with whichever `ninja` is first on PATH; a venv's ninja and the
+    # system's invalidate each other's cached build (a 30 s rebuild on every start). Always use
+    # the one installed next to this interpreter, however the process was started.
+    bindir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if os.path.exists(os.path.join(bindir, "ninja")) and path[:1] != [bindir]:
+        os.environ["PATH"] = os.pathsep.join([bindir] + [p for p in path if p != bindir])
     if "DS_ACCELERATOR" not in os.environ:
         os.environ["DS_ACCELERATOR"] = "cuda" if cuda_available() else "cpu"
     return os.environ["DS_ACCELERATOR"]
