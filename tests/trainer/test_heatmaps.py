@@ -8,16 +8,6 @@ from trainer.heatmaps import (DEPTH_RANGE_MM, decode_heatmaps, joint_weights, jo
                               render_heatmaps, voxels_to_joints)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """On the shared 2-core machine two OpenMP threads wait on each other under load (a 2 s test
-    took 77 s); one thread is steady. Restored afterwards for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def random_inside(n, shape, generator, margin=0.0):
     """(1, n, 3) voxel (u, v, z) uniformly inside [-0.5 + margin, size - 0.5 - margin)."""
     D, H, W = shape

@@ -14,16 +14,6 @@ SMALL = dict(img_size=64, patch_size=16, embed_dim=64, depth=3, num_heads=4)
 SMALL_MAE = dict(SMALL, decoder_embed_dim=32, decoder_num_heads=4)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """On the shared 2-core machine two OpenMP threads wait on each other under load (a 2 s test
-    took 77 s); one thread is steady. Restored afterwards for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def vit_param_count(width, depth, patch=16, mlp_ratio=4):
     """Parameters of our ViT encoder: patch projection, class token, blocks (LayerNorms, qkv with
     bias, proj, MLP), final LayerNorm. The position embedding is fixed, not a parameter."""

@@ -16,16 +16,6 @@ from trainer.vit import vit_config
 ENCODER = dict(img_size=64, patch_size=16, embed_dim=64, depth=3, num_heads=4)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """On the shared 2-core machine two OpenMP threads wait on each other under load (a 2 s test
-    took 77 s); one thread is steady. Restored afterwards for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_pose_model_shapes():
     torch.manual_seed(0)
     model = PoseModel(ENCODER, num_joints=5, depth_bins=8)

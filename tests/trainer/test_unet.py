@@ -7,16 +7,6 @@ import torch
 from trainer.unet import UNet, mask_iou, predict_masks, segnet_loss, segnet_step
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """On the shared 2-core machine two OpenMP threads wait on each other under load (a 2 s test
-    took 77 s); one thread is steady. Restored afterwards for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def double_conv_params(a, b):
     return a * b * 9 + b + b * b * 9 + b
 

@@ -1,0 +1,90 @@
+"""Conversion throughput: `dataprep freihand` / `dataprep rhd` samples/s per worker, against
+the JPEG/PNG decode + JPEG encode every sample must pay (measured in the same run, same images).
+
+    python -m bench.dataprep [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+from PIL import Image
+
+from dataprep.cli import cli
+from dataprep.common import DEFAULT_CROP_SIZE
+from dataprep.demo import generate_demo
+
+RESULTS = Path(__file__).parent / "results" / "dataprep.json"
+
+
+def decode_encode_rate(paths: list[Path], crop_size: int) -> float:
+    """samples/s of the unavoidable work: decode the source image, encode a crop-size JPEG."""
+    t = time.perf_counter()
+    for p in paths:
+        with Image.open(p) as im:
+            rgb = im.convert("RGB")
+        small = rgb.resize((crop_size, crop_size))   # same output size as the real crop
+        small.save(io.BytesIO(), format="JPEG", quality=95)
+    return len(paths) / (time.perf_counter() - t)
+
+
+def convert_rate(command: str, src: Path, out: Path, workers: int, limit: int, extra: list[str]) -> tuple[float, int]:
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    res = CliRunner().invoke(cli, [command, str(src), str(out), "--workers", str(workers), "--limit", str(limit), *extra],
+                             catch_exceptions=False)
+    dt = time.perf_counter() - t
+    if res.exit_code != 0:
+        raise SystemExit(res.output)
+    samples = sum(json.loads(m.read_text())["samples"] for m in out.glob("*/manifest.json"))
+    return samples / dt, samples
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small dataset, about a minute")
+    args = ap.parse_args()
+    n_source, n_target = (150, 300) if args.quick else (1000, 2000)
+    workers_list = [1, 2] if (os.cpu_count() or 1) >= 2 else [1]
+    root = Path(tempfile.mkdtemp(prefix="bench_dataprep_"))
+    try:
+        t = time.perf_counter()
+        paths = generate_demo(root / "raw", source_size=n_source, target_train=n_target, target_test=10, seed=0)
+        rhd_root = paths.target.parent
+        gen_s = time.perf_counter() - t
+        jobs = {
+            "freihand": (paths.source, ["--splits", "train"], sorted((paths.source / "training" / "rgb").glob("*.jpg"))),
+            "rhd": (rhd_root, ["--splits", "train"], sorted((paths.target / "training" / "color").glob("*.png"))),
+        }
+        rows, raw = [], {"generated_in_s": gen_s, "crop_size": DEFAULT_CROP_SIZE, "datasets": {}}
+        ratios = {}
+        for name, (src, extra, images) in jobs.items():
+            limit = len(images)
+            base = decode_encode_rate(images, DEFAULT_CROP_SIZE)
+            entry = {"images": limit, "decode_encode_samples_per_s": base, "convert": {}}
+            for w in workers_list:
+                rate, n = convert_rate(name, src, root / f"out_{name}_{w}", w, limit, extra)
+                entry["convert"][str(w)] = {"samples": n, "samples_per_s": rate, "per_worker": rate / w}
+                ratios[f"{name}_w{w}_per_worker_vs_decode_encode"] = rate / w / base
+                rows.append((name, w, n, rate, rate / w, base, rate / w / base))
+            raw["datasets"][name] = entry
+        print(f"{'dataset':10} {'workers':>7} {'samples':>8} {'samples/s':>10} {'per worker':>10} {'dec+enc/s':>10} {'ratio':>6}")
+        for r in rows:
+            print(f"{r[0]:10} {r[1]:>7} {r[2]:>8} {r[3]:>10.1f} {r[4]:>10.1f} {r[5]:>10.1f} {r[6]:>6.2f}")
+        raw["ratios"] = ratios
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(raw, indent=1))
+        print(f"wrote {RESULTS}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
