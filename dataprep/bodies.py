@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import scipy.io
 
-from shards.schema import JOINT_ORDERS, SampleError
+from shards.schema import JOINT_ORDERS, Sample, SampleError
 
 from .common import Crop, crop_around, load_pickle
 
@@ -73,6 +73,16 @@ def forward_direction(j17: np.ndarray) -> np.ndarray:
     f = np.cross(j17[8] - j17[0], j17[1] - j17[4])
     return f / np.linalg.norm(f)
 
+
+
+def crop_sample(crop: Crop, key: str, image: np.ndarray, joints: np.ndarray, uv: np.ndarray, camera,
+                meta: dict, mask: np.ndarray | None = None) -> Sample:
+    """The stored body sample: image, camera-frame joints (mm) and their projection `uv`
+    (original pixels, pinhole `camera` = fx, fy, cx, cy) taken through `crop`; every joint
+    labelled. `mask` is already cropped."""
+    return Sample(key=key, image=crop.image(image), mask=mask, joints3d_mm=crop.points3d(joints),
+                  joints2d_px=crop.points(uv), visible=np.ones(len(joints), bool),
+                  intrinsics=crop.intrinsics(*camera), meta=meta)
 
 def body_crop(uv: np.ndarray, size: int, context: float) -> Crop:
     """Square crop around all 2D joints of one body (the head joint is near the crown and the

@@ -31,10 +31,10 @@ import click
 import h5py
 import numpy as np
 
-from shards.schema import Sample, SampleError
+from shards.schema import SampleError
 
-from .bodies import (body_crop, check_joints, in_front, key_part, mat73_dataset, open_mat73, pinhole,
-                     video_frames)
+from .bodies import (body_crop, check_joints, crop_sample, in_front, key_part, mat73_dataset,
+                     open_mat73, pinhole, video_frames)
 from .common import conversion_options, convert_split, driver_kwargs, load_rgb
 
 TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
@@ -194,14 +194,9 @@ def make_samples_original(item, *, root: Path, split: str, stride: int, cameras:
             extra = {}
             if d2 is not None and f < len(d2):
                 extra["d2_vs_pinhole_px"] = round(float(np.abs(d2[f][H36M32_TO_H36M17] - uv).max()), 3)
-            yield Sample(
-                key=key,
-                image=crop.image(image),
+            yield crop_sample(
+                crop, key, image, joints, uv, (cam.fx, cam.fy, cam.cx, cam.cy),
                 mask=mask,
-                joints3d_mm=crop.points3d(joints),
-                joints2d_px=crop.points(uv),
-                visible=np.ones(17, bool),
-                intrinsics=crop.intrinsics(cam.fx, cam.fy, cam.cx, cam.cy),
                 meta={"dataset": "h36m", "split": split, "layout": "original", "source": str(video.relative_to(root)),
                       "annotation": str(cdf_path.relative_to(root)), "subject": subject, "sequence": base,
                       "camera": cam_id, "frame": f, "image_size": [image.shape[1], image.shape[0]],
@@ -268,13 +263,8 @@ def make_samples_extracted(item, *, root: Path, split: str, annots: dict, camera
     uv = pinhole(joints, fx, fy, cx, cy)
     image = load_rgb(image_path, key)
     crop = body_crop(uv, crop_size, context)
-    yield Sample(
-        key=key,
-        image=crop.image(image),
-        joints3d_mm=crop.points3d(joints),
-        joints2d_px=crop.points(uv),
-        visible=np.ones(17, bool),
-        intrinsics=crop.intrinsics(fx, fy, cx, cy),
+    yield crop_sample(
+        crop, key, image, joints, uv, (fx, fy, cx, cy),
         meta={"dataset": "h36m", "split": split, "layout": "extracted", "source": str(image_path.relative_to(root)),
               "annotation": str(annot.relative_to(root)), "annotation_row": row, "subject": subject,
               "sequence": action, "camera": cam_id, "frame": frame - 1, "image_size": [image.shape[1], image.shape[0]],

@@ -27,10 +27,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from shards.schema import Sample, SampleError
+from shards.schema import SampleError
 
-from .bodies import (body_crop, check_joints, fit_intrinsics, in_front, load_mat_v5, mat73_dataset, open_mat73,
-                     pinhole, video_frames)
+from .bodies import (body_crop, check_joints, crop_sample, fit_intrinsics, in_front, load_mat_v5,
+                     mat73_dataset, open_mat73, pinhole, video_frames)
 from .common import conversion_options, convert_split, driver_kwargs, load_rgb
 
 # h36m17[j] = mpi28[MPI28_TO_H36M17[j]] (28: spine3, spine4, spine2, spine, pelvis, neck, head, head_top,
@@ -125,14 +125,9 @@ def make_samples_train(item, *, root: Path, stride: int, annots: dict, calib: di
                 raise SampleError(f"mask frame is {m.shape[1::-1]}, video frame {image.shape[1::-1]}",
                                   file=str(mask_video), sample=key)
             mask = crop.mask(np.where(m[:, :, 0] >= 128, 255, 0).astype(np.uint8))
-        yield Sample(
-            key=key,
-            image=crop.image(image),
+        yield crop_sample(
+            crop, key, image, joints, uv, (fx, fy, cx, cy),
             mask=mask,
-            joints3d_mm=crop.points3d(joints),
-            joints2d_px=crop.points(uv),
-            visible=np.ones(17, bool),
-            intrinsics=crop.intrinsics(fx, fy, cx, cy),
             meta={"dataset": "mpi_inf_3dhp", "split": "train", "source": str(video.relative_to(root)),
                   "annotation": str((seq_dir / "annot.mat").relative_to(root)), "subject": subject, "sequence": seq,
                   "camera": cam, "frame": f, "image_size": [image.shape[1], image.shape[0]], "annot3": annot3_key,
@@ -180,13 +175,8 @@ def make_samples_testset(item, *, root: Path, sequences: dict, annot3_key: str, 
     uv = pinhole(joints, fx, fy, cx, cy)
     image = load_rgb(image_path, key)
     crop = body_crop(uv, crop_size, context)
-    yield Sample(
-        key=key,
-        image=crop.image(image),
-        joints3d_mm=crop.points3d(joints),
-        joints2d_px=crop.points(uv),
-        visible=np.ones(17, bool),
-        intrinsics=crop.intrinsics(fx, fy, cx, cy),
+    yield crop_sample(
+        crop, key, image, joints, uv, (fx, fy, cx, cy),
         meta={"dataset": "mpi_inf_3dhp", "split": "test", "source": str(image_path.relative_to(root)),
               "annotation": str(anno.relative_to(root)), "sequence": ts, "frame": row,
               "image_size": [image.shape[1], image.shape[0]], "annot3": annot3_key, "intrinsics_fit_residual_px":

@@ -21,10 +21,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from shards.schema import Sample, SampleError
+from shards.schema import SampleError
 
-from .bodies import (APPROXIMATED_H36M, body_crop, check_joints, in_front, key_part, mesh_from_options,
-                     mesh_manifest, mesh_options, pinhole, smpl24_to_h36m17)
+from .bodies import (APPROXIMATED_H36M, body_crop, check_joints, crop_sample, in_front, key_part,
+                     mesh_from_options, mesh_manifest, mesh_options, pinhole, smpl24_to_h36m17)
 from .common import conversion_options, convert_split, driver_kwargs, load_pickle, load_rgb
 
 SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -117,13 +117,8 @@ def make_samples(item, *, root: Path, split: str, sequences: dict, require_poses
         if image is None:
             image = load_rgb(image_path, key)
         crop = body_crop(uv, crop_size, context)
-        yield Sample(
-            key=key,
-            image=crop.image(image),
-            joints3d_mm=crop.points3d(joints),
-            joints2d_px=crop.points(uv),
-            visible=np.ones(17, bool),
-            intrinsics=crop.intrinsics(fx, fy, cx, cy),
+        yield crop_sample(
+            crop, key, image, joints, uv, (fx, fy, cx, cy),
             meta={"dataset": "3dpw", "split": split, "source": str(image_path.relative_to(root)),
                   "annotation": str(anno.relative_to(root)), "sequence": name, "frame": frame, "actor": actor,
                   "image_size": [image.shape[1], image.shape[0]], "joint_order": "h36m17", "root_index": 0,

@@ -22,11 +22,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-from shards.schema import Sample, SampleError
+from shards.schema import SampleError
 
-from .bodies import (APPROXIMATED_H36M, H36M17_FLIP, SMPL_FLIP, body_crop, check_joints, in_front, key_part,
-                     load_mat_v5, mesh_from_options, mesh_manifest, mesh_options, pinhole, smpl24_to_h36m17,
-                     video_frames)
+from .bodies import (APPROXIMATED_H36M, H36M17_FLIP, SMPL_FLIP, body_crop, check_joints,
+                     crop_sample, in_front, key_part, load_mat_v5, mesh_from_options,
+                     mesh_manifest, mesh_options, pinhole, smpl24_to_h36m17, video_frames)
 from .common import conversion_options, convert_split, driver_kwargs
 
 SPLITS = ("train", "val", "test")
@@ -131,14 +131,9 @@ def make_samples(item, *, cmu: Path, stride: int, use_masks: bool, mesh, gender_
                 raise SampleError(f"{name} is {parts.shape[::-1]} but the video frame {image.shape[1::-1]}",
                                   file=str(segm_path), sample=key)
             mask = crop.mask(np.where(parts > 0, 255, 0).astype(np.uint8))
-        yield Sample(
-            key=key,
-            image=crop.image(image),
+        yield crop_sample(
+            crop, key, image, joints, uv, (FX, FY, CX, CY),
             mask=mask,
-            joints3d_mm=crop.points3d(joints),
-            joints2d_px=crop.points(uv),
-            visible=np.ones(17, bool),
-            intrinsics=crop.intrinsics(FX, FY, CX, CY),
             meta={"dataset": "surreal", "split": split, "run": run, "source": str(video.relative_to(cmu)),
                   "annotation": str(info_path.relative_to(cmu)), "sequence": seq, "clip": clip, "frame": f,
                   "image_size": [image.shape[1], image.shape[0]], "joint_order": "h36m17", "root_index": 0,
