@@ -107,3 +107,30 @@ def test_writer_refuses_to_mix_and_drops_partial(tmp_path):
     (tmp_path / "shard-000000.tar").write_bytes(b"")
     with pytest.raises(FileExistsError, match="progress.json"):
         ShardWriter(tmp_path)
+
+
+def test_verify_names_the_first_bad_shard_and_key(tmp_path):
+    from click.testing import CliRunner
+    from dataprep.cli import cli
+    samples = [hand_sample(i) for i in range(4)]
+    with ShardWriter(tmp_path, max_count=2) as w:
+        for i, s in enumerate(samples):
+            members = encode_sample(s)
+            if i == 3:   # a sample whose stored 3D joints went bad after validation
+                members["joints3d.f32"] = np.full((21, 3), np.nan, "<f4").tobytes()
+            w.write(s.key, members, i + 1)
+    res = CliRunner().invoke(cli, ["verify", str(tmp_path)])
+    assert res.exit_code != 0
+    assert "shard-000001.tar" in res.output and "s00003" in res.output and "NaN" in res.output
+
+    good = tmp_path / "good"
+    with ShardWriter(good, max_count=2) as w:
+        for i, s in enumerate(samples[:2]):
+            w.write(s.key, encode_sample(s), i + 1)
+    assert CliRunner().invoke(cli, ["verify", str(good)]).exit_code == 0
+    shard = good / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF   # flip a byte inside the first member
+    shard.write_bytes(bytes(data))
+    res = CliRunner().invoke(cli, ["verify", str(good)])
+    assert res.exit_code != 0 and "sha256" in res.output and "shard-000000.tar" in res.output
