@@ -74,7 +74,6 @@ def forward_direction(j17: np.ndarray) -> np.ndarray:
     return f / np.linalg.norm(f)
 
 
-
 def crop_sample(crop: Crop, key: str, image: np.ndarray, joints: np.ndarray, uv: np.ndarray, camera,
                 meta: dict, mask: np.ndarray | None = None) -> Sample:
     """The stored body sample: image, camera-frame joints (mm) and their projection `uv`
@@ -93,19 +92,6 @@ def body_crop(uv: np.ndarray, size: int, context: float) -> Crop:
 def key_part(text: str) -> str:
     """Sample keys may hold no '.' or '/' (DALI splits the extension at the first dot)."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
-
-
-def check_joints(a, shape: tuple, what: str, file, sample: str | None) -> np.ndarray:
-    """float64 array of exactly `shape`, finite, or a SampleError naming file and sample."""
-    try:
-        a = np.asarray(a, np.float64)
-    except (TypeError, ValueError) as e:
-        raise SampleError(f"{what} is not numeric: {e}", file=str(file), sample=sample) from None
-    if a.shape != shape:
-        raise SampleError(f"{what} has shape {a.shape}, expected {shape}", file=str(file), sample=sample)
-    if not np.all(np.isfinite(a)):
-        raise SampleError(f"{what} has NaN/inf", file=str(file), sample=sample)
-    return a
 
 
 def pinhole(xyz: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:

@@ -47,6 +47,20 @@ def load_image(path, sample: str | None = None) -> Image.Image:
         raise SampleError(f"corrupt or unreadable image: {e}", file=str(path), sample=sample) from None
 
 
+# -- annotations ----------------------------------------------------------------------------
+def check_array(a, shape: tuple, what: str, file, sample: str | None) -> np.ndarray:
+    """float64 array of exactly `shape`, finite, or a SampleError naming file and sample."""
+    try:
+        a = np.asarray(a, np.float64)
+    except (TypeError, ValueError) as e:
+        raise SampleError(f"{what} is not numeric: {e}", file=str(file), sample=sample) from None
+    if a.shape != shape:
+        raise SampleError(f"{what} has shape {a.shape}, expected {shape}", file=str(file), sample=sample)
+    if not np.all(np.isfinite(a)):
+        raise SampleError(f"{what} has NaN/inf", file=str(file), sample=sample)
+    return a
+
+
 # -- crops ----------------------------------------------------------------------------------
 @dataclass
 class Crop:

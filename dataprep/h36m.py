@@ -33,9 +33,9 @@ import numpy as np
 
 from shards.schema import SampleError
 
-from .bodies import (body_crop, check_joints, crop_sample, in_front, key_part, mat73_dataset,
+from .bodies import (body_crop, crop_sample, in_front, key_part, mat73_dataset,
                      open_mat73, pinhole, video_frames)
-from .common import conversion_options, convert_split, driver_kwargs, load_rgb
+from .common import check_array, conversion_options, convert_split, driver_kwargs, load_rgb
 
 TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
 TEST_SUBJECTS = ("S9", "S11")
@@ -175,7 +175,7 @@ def make_samples_original(item, *, root: Path, split: str, stride: int, cameras:
             refs = mat73_dataset(mask_file, "Masks", "mask file", seq_key).ravel()
         for f, image in video_frames(video, range(first, stop, stride), seq_key):
             key = f"{seq_key}_{f:06d}"
-            joints = check_joints(pose[f][H36M32_TO_H36M17], (17, 3), f"frame {f} Pose", cdf_path, key)
+            joints = check_array(pose[f][H36M32_TO_H36M17], (17, 3), f"frame {f} Pose", cdf_path, key)
             in_front(joints, cdf_path, key)
             uv = pinhole(joints, cam.fx, cam.fy, cam.cx, cam.cy)
             crop = body_crop(uv, crop_size, context)
@@ -251,7 +251,7 @@ def make_samples_extracted(item, *, root: Path, split: str, annots: dict, camera
     key = f"h36m_{split}_{subject}_{key_part(action)}_{cam_id}_{frame - 1:06d}"
     annot = root / subject / action / "annot.h5"
     image_path = root / subject / action / "imageSequence" / cam_id / f"img_{frame:06d}.jpg"
-    joints = check_joints(joints_all[row], (17, 3), f"pose/3d row {row}", annot, key)
+    joints = check_array(joints_all[row], (17, 3), f"pose/3d row {row}", annot, key)
     in_front(joints, annot, key)
     if intrinsics == "annot":
         if cam_id not in fitted or fitted[cam_id].shape != (4,):

@@ -29,9 +29,9 @@ import numpy as np
 
 from shards.schema import SampleError
 
-from .bodies import (body_crop, check_joints, crop_sample, fit_intrinsics, in_front, load_mat_v5,
+from .bodies import (body_crop, crop_sample, fit_intrinsics, in_front, load_mat_v5,
                      mat73_dataset, open_mat73, pinhole, video_frames)
-from .common import conversion_options, convert_split, driver_kwargs, load_rgb
+from .common import check_array, conversion_options, convert_split, driver_kwargs, load_rgb
 
 # h36m17[j] = mpi28[MPI28_TO_H36M17[j]] (28: spine3, spine4, spine2, spine, pelvis, neck, head, head_top,
 # left clavicle, shoulder, elbow, wrist, hand, right ..., left hip, knee, ankle, foot, toe, right ...)
@@ -112,7 +112,7 @@ def make_samples_train(item, *, root: Path, stride: int, annots: dict, calib: di
     masks = video_frames(mask_video, frames, seq_key, allow_short=True) if use_masks and mask_video.exists() else None
     for f, image in video_frames(video, frames, seq_key, allow_short=True):
         key = f"{seq_key}_{f:06d}"
-        joints = check_joints(joints_all[f], (17, 3), f"{annot3_key} camera {cam} row {f}", seq_dir / "annot.mat", key)
+        joints = check_array(joints_all[f], (17, 3), f"{annot3_key} camera {cam} row {f}", seq_dir / "annot.mat", key)
         in_front(joints, seq_dir / "annot.mat", key)
         uv = pinhole(joints, fx, fy, cx, cy)
         crop = body_crop(uv, crop_size, context)
@@ -169,7 +169,7 @@ def make_samples_testset(item, *, root: Path, sequences: dict, annot3_key: str, 
     key = f"mpi3dhp_test_{ts}_{row:06d}"
     anno = root / ts / "annot_data.mat"
     image_path = root / ts / "imageSequence" / f"img_{row + 1:06d}.jpg"
-    joints = check_joints(seq["joints"][row], (17, 3), f"{annot3_key} row {row}", anno, key)
+    joints = check_array(seq["joints"][row], (17, 3), f"{annot3_key} row {row}", anno, key)
     in_front(joints, anno, key)
     fx, fy, cx, cy = seq["K"]
     uv = pinhole(joints, fx, fy, cx, cy)

@@ -23,9 +23,9 @@ import numpy as np
 
 from shards.schema import SampleError
 
-from .bodies import (APPROXIMATED_H36M, body_crop, check_joints, crop_sample, in_front, key_part,
+from .bodies import (APPROXIMATED_H36M, body_crop, crop_sample, in_front, key_part,
                      mesh_from_options, mesh_manifest, mesh_options, pinhole, smpl24_to_h36m17)
-from .common import conversion_options, convert_split, driver_kwargs, load_pickle, load_rgb
+from .common import check_array, conversion_options, convert_split, driver_kwargs, load_pickle, load_rgb
 
 SPLITS = {"train": "train", "val": "validation", "test": "test"}
 GENDERS = {"m": "male", "f": "female"}
@@ -93,7 +93,7 @@ def make_samples(item, *, root: Path, split: str, sequences: dict, require_poses
     anno = root / "sequenceFiles" / folder / f"{name}.pkl"
     image_path = root / "imageFiles" / name / f"image_{frame:05d}.jpg"
     frame_key = f"pw3d_{split}_{key_part(name)}_{frame:05d}"
-    cam = check_joints(seq["cam_poses"][frame], (4, 4), f"cam_poses[{frame}]", anno, frame_key)
+    cam = check_array(seq["cam_poses"][frame], (4, 4), f"cam_poses[{frame}]", anno, frame_key)
     rot, trans = cam[:3, :3], cam[:3, 3]
     k = seq["K"]
     fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
@@ -102,13 +102,13 @@ def make_samples(item, *, root: Path, split: str, sequences: dict, require_poses
         if not seq["valid"][actor, frame] or (require_poses2d and not seq["has_2d"][actor, frame]):
             continue
         key = f"{frame_key}_a{actor}"
-        world = check_joints(seq["joints"][actor, frame], (24, 3), f"jointPositions[{actor}][{frame}]", anno, key)
+        world = check_array(seq["joints"][actor, frame], (24, 3), f"jointPositions[{actor}][{frame}]", anno, key)
         extra = {}
         if mesh is None:
             joints = smpl24_to_h36m17(1000.0 * (world @ rot.T + trans))
         else:
             gender = seq["genders"][actor] if gender_mode == "gendered" else "neutral"
-            pose = check_joints(seq["poses"][actor, frame], (72,), f"poses[{actor}][{frame}]", anno, key)
+            pose = check_array(seq["poses"][actor, frame], (72,), f"poses[{actor}][{frame}]", anno, key)
             j17_world, fit_mm = mesh.h36m17(gender, pose, seq["betas"][actor], world, anno, key)
             joints = 1000.0 * (j17_world @ rot.T + trans)
             extra = {"smpl_gender": gender, "smpl_fit_mm": round(fit_mm, 3)}

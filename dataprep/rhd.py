@@ -21,7 +21,7 @@ import numpy as np
 
 from shards.schema import Sample, SampleError
 
-from .common import (conversion_options, convert_split, crop_around, driver_kwargs, load_image,
+from .common import (check_array, conversion_options, convert_split, crop_around, driver_kwargs, load_image,
                      load_pickle, load_rgb)
 
 SPLITS = {"train": "training", "test": "evaluation"}
@@ -84,15 +84,7 @@ def check_entry(entry, anno_file: Path, key: str) -> tuple[np.ndarray, np.ndarra
     for name, shape in (("xyz", (42, 3)), ("uv_vis", (42, 3)), ("K", (3, 3))):
         if name not in entry:
             raise SampleError(f"annotation lacks {name!r}", file=str(anno_file), sample=key)
-        try:
-            a = np.asarray(entry[name], dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            raise SampleError(f"annotation {name!r} is not numeric: {e}", file=str(anno_file), sample=key) from None
-        if a.shape != shape:
-            raise SampleError(f"annotation {name!r} has shape {a.shape}, expected {shape}", file=str(anno_file), sample=key)
-        if not np.all(np.isfinite(a)):
-            raise SampleError(f"annotation {name!r} has NaN/inf", file=str(anno_file), sample=key)
-        out.append(a)
+        out.append(check_array(entry[name], shape, f"annotation {name!r}", anno_file, key))
     return tuple(out)
 
 

@@ -24,10 +24,9 @@ import numpy as np
 
 from shards.schema import SampleError
 
-from .bodies import (APPROXIMATED_H36M, H36M17_FLIP, SMPL_FLIP, body_crop, check_joints,
-                     crop_sample, in_front, key_part, load_mat_v5, mesh_from_options,
+from .bodies import (APPROXIMATED_H36M, H36M17_FLIP, SMPL_FLIP, body_crop, crop_sample, in_front, key_part, load_mat_v5, mesh_from_options,
                      mesh_manifest, mesh_options, pinhole, smpl24_to_h36m17, video_frames)
-from .common import conversion_options, convert_split, driver_kwargs
+from .common import check_array, conversion_options, convert_split, driver_kwargs
 
 SPLITS = ("train", "val", "test")
 FX = FY = 600.0
@@ -87,7 +86,7 @@ def make_samples(item, *, cmu: Path, stride: int, use_masks: bool, mesh, gender_
     if j3.shape[1] != 24 or j2.shape[1:] != j3.shape[1:]:
         raise SampleError(f"joints3D {j3.shape} and joints2D {j2.shape}: expected (3, 24, T) and (2, 24, T)",
                           file=str(info_path), sample=clip_key)
-    cam_loc = check_joints(info_array(info, "camLoc", info_path, clip_key).ravel(), (3,), "camLoc", info_path, clip_key)
+    cam_loc = check_array(info_array(info, "camLoc", info_path, clip_key).ravel(), (3,), "camLoc", info_path, clip_key)
     rot, trans = surreal_camera(cam_loc)
     n = j3.shape[2]
     frames = range(0, n, stride)
@@ -103,7 +102,7 @@ def make_samples(item, *, cmu: Path, stride: int, use_masks: bool, mesh, gender_
         segm = load_mat_v5(segm_path, "_segm.mat", [f"segm_{f + 1}" for f in frames], clip_key)
     for f, image in video_frames(video, frames, clip_key):
         key = f"{clip_key}_{f:03d}"
-        world = check_joints(j3[:, :, f].T, (24, 3), f"joints3D frame {f}", info_path, key)
+        world = check_array(j3[:, :, f].T, (24, 3), f"joints3D frame {f}", info_path, key)
         cam_mm = 1000.0 * (world @ rot.T + trans)
         in_front(cam_mm, info_path, key)
         # K (R X + t) with SMPL's own labels against the released joints2D: checks the camera
