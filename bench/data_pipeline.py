@@ -9,7 +9,8 @@ graph and the host memory (peak RSS) after epoch 1 and epoch 5.
 Two DataLoaders: `torchvision` is the idiomatic one (composite at the stored size as the paper
 orders it, TF.affine on image and mask, resize, ColorJitter, ToTensor, Normalize); `fused` does
 what the DALI graph does, by hand: one RGBA warp straight to 256 px, the jitter folded into the
-normalisation, the blend in torch. Both draw the same augmentation distribution as the DALI graph.
+normalisation, the blend in torch. Both draw the same augmentation distribution as the DALI graph, and each worker
+reads its own shards (webdataset's own worker split is off: it would split them a second time).
 
 Data: synthetic shards written with the real ShardWriter in a temp dir: 288 px JPEG crops of
 photographs (quality 95) with a PNG foreground mask on 90% of them, and background images stored
@@ -80,8 +81,13 @@ class ShardSamples(torch.utils.data.IterableDataset):
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         rng = np.random.default_rng(self.seed + wid)
         mine = self.urls[wid::nw] or self.urls
-        backgrounds = iter(wds.WebDataset(self.background_urls, shardshuffle=False, empty_check=False).repeat())
-        for raw in wds.WebDataset(mine, shardshuffle=False, empty_check=False).shuffle(256, rng=_PyRandom(rng)).repeat():
+        # We split the shards between workers ourselves: webdataset's default workersplitter
+        # would split them again and leave a worker with one shard of its own and no background
+        # shard idle forever (session 1's baseline ran on one worker for that reason).
+        def shards(urls):
+            return wds.WebDataset(urls, shardshuffle=False, empty_check=False, workersplitter=None)
+        backgrounds = iter(shards(self.background_urls).repeat())
+        for raw in shards(mine).shuffle(256, rng=_PyRandom(rng)).repeat():
             yield self.process(raw, next(backgrounds), rng)
 
     @staticmethod
@@ -219,13 +225,13 @@ STAGES = ["decode_full", "decode", "geometry", "normalise", "colour", "composite
 def stage_pipeline(stage: str, paths, batch_size: int, threads: int):
     """The pre-training graph (source stream) cut after `stage`: decode (image + mask), geometry
     (the 4-channel warp), normalise (no jitter), colour (jitter folded in), composite (background
-    window decoded, normalised and blended on the swapped samples). `decode_full` is the
+    window decoded and blended on the swapped samples, as pretrain.composite_and_normalise does). `decode_full` is the
     decode-only bound: image, mask and the whole background JPEG decoded, nothing else."""
     from nvidia.dali import fn, pipeline_def, types
     from shards.device import cuda_available
     from shards.pipelines.common import (Augment, ShardSet, colour_normalisation, crop_to_input, decode_image,
                                          image_size, mask_or_zeros, normalise, reader, warp, with_mask_channel)
-    from shards.pipelines.pretrain import random_background
+    from shards.pipelines.pretrain import composite_and_normalise
     gpu = cuda_available()
     src, bgs = ShardSet.at(paths["source"]), ShardSet.at(paths["backgrounds"])
     common = dict(rank=0, world_size=1, seed=0, shuffle=True)
@@ -243,20 +249,14 @@ def stage_pipeline(stage: str, paths, batch_size: int, threads: int):
         if stage == "decode":
             return image, mask
         mask = mask.gpu() if gpu else mask
-        both = warp(fn.cat(image, mask, axis=2), hw, crop_to_input(hw, INPUT, Augment()), INPUT)
+        both = warp(fn.cat(image, mask, axis=2), crop_to_input(hw, INPUT, Augment()), INPUT, gpu)
         if stage == "geometry":
             return both
         mean, std = colour_normalisation(Augment() if stage != "normalise" else None)
-        both = normalise(both, *with_mask_channel(mean, std))
         if stage in ("normalise", "colour"):
-            return both
-        image, mask = both[0:3], both[3:4]
-        if fn.random.coin_flip(probability=0.5, dtype=types.BOOL) & has_mask:
-            u = normalise(random_background(bg, INPUT, gpu), mean, std)
-            image = image + (1.0 - mask) * (u - image)
-        else:
-            image = image
-        return image, mask
+            return normalise(both, *with_mask_channel(mean, std))
+        swap = fn.random.coin_flip(probability=0.5, dtype=types.BOOL) & has_mask
+        return composite_and_normalise(both, bg, swap, mean, std, INPUT, gpu)
     return graph()
 
 

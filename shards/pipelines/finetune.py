@@ -36,7 +36,7 @@ def pose_pipeline(shards: ShardSet, *, name: str, input_size: int, augment: Augm
         jpg = reader(shards, ["jpg"], **read)
     hw = image_size(jpg)
     matrix = crop_to_input(hw, input_size, augment)
-    image = normalise(warp(decode_image(jpg, gpu), hw, matrix, input_size), *colour_normalisation(augment))
+    image = normalise(warp(decode_image(jpg, gpu), matrix, input_size, gpu), *colour_normalisation(augment))
     if not labels:
         return (*gpu_outputs(gpu, image), sample_key(jpg))
 
