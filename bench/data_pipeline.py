@@ -249,14 +249,14 @@ def stage_pipeline(stage: str, paths, batch_size: int, threads: int):
         if stage == "decode":
             return image, mask
         mask = mask.gpu() if gpu else mask
-        both = warp(fn.cat(image, mask, axis=2), crop_to_input(hw, INPUT, Augment()), INPUT, gpu)
+        both = warp(fn.cat(image, mask, axis=2), crop_to_input(hw, INPUT, Augment(), seed=1), INPUT, gpu)
         if stage == "geometry":
             return both
-        mean, std = colour_normalisation(Augment() if stage != "normalise" else None)
+        mean, std = colour_normalisation(Augment() if stage != "normalise" else None, seed=1)
         if stage in ("normalise", "colour"):
             return normalise(both, *with_mask_channel(mean, std))
         swap = fn.random.coin_flip(probability=0.5, dtype=types.BOOL) & has_mask
-        return composite_and_normalise(both, bg, swap, mean, std, INPUT, gpu)
+        return composite_and_normalise(both, bg, swap, mean, std, INPUT, gpu, seed=1)
     return graph()
 
 

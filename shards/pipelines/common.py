@@ -27,7 +27,7 @@ from nvidia.dali import fn, types
 from nvidia.dali.backend import TensorGPU
 from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
-from ..device import cuda_available, dali_device_id
+from ..device import cpu_image_ops, cuda_available, dali_device_id
 from ..reader import index_path, list_shards
 from ..schema import JOINT_ORDERS, SampleError, decode_members
 from ..writer import index_line
@@ -160,6 +160,13 @@ def derive_seed(seed: int, rank: int, salt: str) -> int:
     return (seed * 1_000_003 + rank * 7919 + zlib.crc32(salt.encode())) % (2**31 - 1)
 
 
+def op_seed(pipeline_seed: int, purpose: str) -> int:
+    """An explicit seed for one random operator. DALI otherwise deals seeds out in the order
+    operators join the graph, so adding or swapping any operator upstream (e.g. OpenCV's warp
+    for DALI's) would silently change every random draw after it."""
+    return derive_seed(pipeline_seed, 0, purpose)
+
+
 # -- graph pieces -----------------------------------------------------------------------------
 def decode_image(jpg, gpu: bool):
     return fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB)
@@ -197,16 +204,18 @@ def values_or_zeros(raw, count: int):
     return values, present
 
 
-def crop_to_input(hw, input_size: int, augment: Augment | None):
+def crop_to_input(hw, input_size: int, augment: Augment | None, seed: int):
     """The 2x3 affine taking stored-crop pixels to input pixels. Without augmentation it is the
-    plain resize; with it: centre, zoom, rotate, shift, then re-centre on the input."""
+    plain resize; with it: centre, zoom, rotate, shift, then re-centre on the input. `seed`: the
+    pipeline's seed, from which each random operator's own is derived."""
     h, w = hw[0], hw[1]
     s = float(input_size)
     if augment is None:
         return fn.transforms.scale(scale=fn.stack(s / w, s / h))
-    zoom = fn.random.uniform(range=list(augment.scale))
-    angle = fn.random.uniform(range=[-augment.rotation_deg, augment.rotation_deg])
-    shift = fn.random.uniform(range=[-augment.translate * s, augment.translate * s], shape=[2])
+    zoom = fn.random.uniform(range=list(augment.scale), seed=op_seed(seed, "zoom"))
+    angle = fn.random.uniform(range=[-augment.rotation_deg, augment.rotation_deg], seed=op_seed(seed, "angle"))
+    shift = fn.random.uniform(range=[-augment.translate * s, augment.translate * s], shape=[2],
+                              seed=op_seed(seed, "shift"))
     mt = fn.transforms.translation(offset=fn.stack(-0.5 * w, -0.5 * h))
     mt = fn.transforms.scale(mt, scale=fn.stack(zoom * s / w, zoom * s / h))
     mt = fn.transforms.rotation(mt, angle=angle)
@@ -218,16 +227,22 @@ def warp(image, matrix, input_size: int, gpu: bool):
     outside the stored crop. `matrix` maps stored-crop pixels to input pixels.
 
     GPU: DALI's warp_affine. CPU: OpenCV's warpAffine called from the graph (python_function on
-    the whole batch): DALI's CPU warp is a scalar per-pixel loop, about 1.8 ms for a 256 px RGBA
-    output on this machine's cores against 0.12-0.2 ms for OpenCV's fixed-point SIMD one, and it
-    was three quarters of the pipeline's time. OpenCV quantises sample positions to 1/32 pixel
-    and weights to 15 bits, well below what a 256 px training input can show."""
-    if gpu:
+    the whole batch; OpenCV releases the GIL) unless POSEMAE_CPU_IMAGE_OPS=dali: DALI's CPU warp
+    is a scalar per-pixel loop, about 1.8 ms for a 256 px RGBA output on this machine's cores
+    against 0.12-0.2 ms for OpenCV's fixed-point SIMD one, and it was three quarters of the
+    pipeline's time. OpenCV quantises sample positions to 1/32 pixel and weights to 15 bits, well
+    below what a training input can show (a test pins the two within 3 grey levels)."""
+    if uses_dali_image_ops(gpu):
         # inverse_map=False: `matrix` maps source to destination (pinned by the joint/dot test)
         return fn.warp_affine(image, matrix=matrix, size=[input_size, input_size], inverse_map=False,
                               fill_value=0, interp_type=types.INTERP_LINEAR)
     return fn.python_function(image, matrix, function=functools.partial(opencv_warp, size=input_size),
                               batch_processing=True)
+
+
+def uses_dali_image_ops(gpu: bool) -> bool:
+    """DALI's own resampling/blending operators: always on a GPU, on the CPU when asked."""
+    return gpu or cpu_image_ops() == "dali"
 
 
 def opencv_warp(images, matrices, *, size: int):
@@ -245,7 +260,7 @@ def opencv_warp(images, matrices, *, size: int):
     return out
 
 
-def colour_normalisation(augment: Augment | None):
+def colour_normalisation(augment: Augment | None, seed: int):
     """Per-channel (mean, std) for crop_mirror_normalize that apply the colour jitter and the
     ImageNet normalisation in the same pass.
 
@@ -257,9 +272,11 @@ def colour_normalisation(augment: Augment | None):
     std255 = [255.0 * s for s in IMAGENET_STD]
     if augment is None:
         return mean255, std255
-    brightness = fn.random.uniform(range=[1 - augment.brightness, 1 + augment.brightness])
-    contrast = fn.random.uniform(range=[1 - augment.contrast, 1 + augment.contrast])
-    gain = fn.random.uniform(range=[1 - augment.colour_gain, 1 + augment.colour_gain], shape=[3])
+    brightness = fn.random.uniform(range=[1 - augment.brightness, 1 + augment.brightness],
+                                   seed=op_seed(seed, "brightness"))
+    contrast = fn.random.uniform(range=[1 - augment.contrast, 1 + augment.contrast], seed=op_seed(seed, "contrast"))
+    gain = fn.random.uniform(range=[1 - augment.colour_gain, 1 + augment.colour_gain], shape=[3],
+                             seed=op_seed(seed, "colour_gain"))
     a = gain * (brightness * contrast)
     b = gain * (brightness * 128.0 * (1.0 - contrast))
     mean = (fn.constant(fdata=mean255, shape=[3]) - b) / a

@@ -10,7 +10,7 @@ from __future__ import annotations
 from nvidia.dali import fn, pipeline_def, types
 
 from .common import (Augment, Loader, ShardSet, Stream, as_augment, colour_normalisation, crop_to_input,
-                     decode_image, gpu_outputs, image_size, normalise, per_rank_min, pipeline_kwargs, reader,
+                     decode_image, derive_seed, gpu_outputs, image_size, normalise, per_rank_min, pipeline_kwargs, reader,
                      sample_key, values_or_zeros, warp)
 from ..device import cuda_available
 
@@ -35,8 +35,9 @@ def pose_pipeline(shards: ShardSet, *, name: str, input_size: int, augment: Augm
     else:
         jpg = reader(shards, ["jpg"], **read)
     hw = image_size(jpg)
-    matrix = crop_to_input(hw, input_size, augment)
-    image = normalise(warp(decode_image(jpg, gpu), matrix, input_size, gpu), *colour_normalisation(augment))
+    seed = derive_seed(shuffle_seed, rank, name)              # the pipeline's seed (pipeline_kwargs)
+    matrix = crop_to_input(hw, input_size, augment, seed)
+    image = normalise(warp(decode_image(jpg, gpu), matrix, input_size, gpu), *colour_normalisation(augment, seed))
     if not labels:
         return (*gpu_outputs(gpu, image), sample_key(jpg))
 

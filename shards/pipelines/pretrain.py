@@ -13,7 +13,8 @@ Per sample, in order:
 Compositing after the warp is exact: the warp is linear in the pixel values and a convex
 combination commutes with it. The same holds for the jitter (affine per channel, see
 common.colour_normalisation), so the GPU graph, whose arithmetic is cheap, blends in float after
-normalising, and the CPU graph blends in uint8 before it (opencv_composite: whole pixels copied,
+normalising, and the CPU graph blends in uint8 before it (POSEMAE_CPU_IMAGE_OPS=dali runs the
+GPU graph's operators on the CPU instead) (opencv_composite: whole pixels copied,
 only the soft edge computed; results differ by uint8 rounding, at most half a grey level). The
 background gets its own random window instead of the foreground's warp, which is just another
 random background. Samples without a mask get mask 0, has_mask False and never a background swap.
@@ -25,26 +26,28 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dmath
 
 from .common import (Augment, Loader, ShardSet, Stream, as_augment, colour_normalisation, crop_to_input,
-                     decode_image, gpu_outputs, image_size, mask_or_zeros, normalise, per_rank_min,
-                     pipeline_kwargs, reader, sample_key, warp, with_mask_channel, zero_mask)
+                     decode_image, derive_seed, op_seed, gpu_outputs, image_size, mask_or_zeros, normalise, per_rank_min,
+                     pipeline_kwargs, reader, sample_key, uses_dali_image_ops, warp, with_mask_channel,
+                     zero_mask)
 from ..device import cuda_available
 
 
-def composite_and_normalise(both, background_jpg, swap, mean, std, input_size: int, gpu: bool):
+def composite_and_normalise(both, background_jpg, swap, mean, std, input_size: int, gpu: bool, seed: int):
     """Warped RGBA uint8 -> normalised image (3,S,S) and mask (1,S,S), the background replaced
     where `swap`. Only the swapped samples decode a background window (a DALI conditional splits
-    the batch)."""
-    if gpu:
+    the batch). DALI's operators (GPU, or POSEMAE_CPU_IMAGE_OPS=dali) blend in float after the
+    normalisation; the CPU graph otherwise blends in uint8 with OpenCV before it."""
+    if uses_dali_image_ops(gpu):
         both = normalise(both, *with_mask_channel(mean, std))
         image, mask = both[0:3], both[3:4]
         if swap:
-            background = normalise(random_background(background_jpg, input_size, gpu), mean, std)
+            background = normalise(random_background(background_jpg, input_size, gpu, seed), mean, std)
             image = image + (1.0 - mask) * (background - image)      # m*x + (1-m)*u
         else:
             image = image
         return image, mask
     if swap:
-        background = random_background(background_jpg, input_size, gpu)
+        background = random_background(background_jpg, input_size, gpu, seed)
     else:
         background = fn.zeros(shape=[1, 1, 3], dtype=types.UINT8, layout="HWC")
     both = fn.python_function(both, background, swap, function=opencv_composite, batch_processing=True)
@@ -81,15 +84,15 @@ def opencv_composite(images, backgrounds, swaps):
     return out
 
 
-def random_background(jpg, input_size: int, gpu: bool):
+def random_background(jpg, input_size: int, gpu: bool, seed: int):
     """A random input_size square of each background image, decoded as that window only (ROI
     decoding); images with a shorter side below input_size are upscaled."""
     hw = image_size(jpg)
     side = dmath.min(dmath.min(hw[0], hw[1]), float(input_size))
     window = fn.decoders.image_crop(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB,
                                     crop_w=side, crop_h=side,
-                                    crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
-                                    crop_pos_y=fn.random.uniform(range=[0.0, 1.0]))
+                                    crop_pos_x=fn.random.uniform(range=[0.0, 1.0], seed=op_seed(seed, "bg_x")),
+                                    crop_pos_y=fn.random.uniform(range=[0.0, 1.0], seed=op_seed(seed, "bg_y")))
     if side < float(input_size):
         window = fn.resize(window, size=[input_size, input_size])
     return window
@@ -101,6 +104,7 @@ def pretrain_pipeline(shards: ShardSet, backgrounds: ShardSet | None, *, name: s
                       rank: int, world_size: int, shuffle_seed: int, gpu: bool):
     """Outputs image (3,S,S) float, mask (1,S,S) float in [0,1], has_mask bool, key info."""
     common = dict(rank=rank, world_size=world_size, seed=shuffle_seed, shuffle=True)
+    seed = derive_seed(shuffle_seed, rank, name)              # the pipeline's seed (pipeline_kwargs)
     if read_masks:
         jpg, png = reader(shards, ["jpg", "mask.png"], name=name, missing="skip" if masks_required else "empty", **common)
     else:
@@ -115,17 +119,17 @@ def pretrain_pipeline(shards: ShardSet, backgrounds: ShardSet | None, *, name: s
     if gpu:
         mask = mask.gpu()
 
-    matrix = crop_to_input(hw, input_size, augment)
+    matrix = crop_to_input(hw, input_size, augment, seed)
     both = warp(fn.cat(image, mask, axis=2), matrix, input_size, gpu)
-    mean, std = colour_normalisation(augment)
+    mean, std = colour_normalisation(augment, seed)
     if backgrounds is None:
         both = normalise(both, *with_mask_channel(mean, std))
         return (*gpu_outputs(gpu, both[0:3], both[3:4], has_mask), sample_key(jpg))
 
     # The reader advances one background per sample, swapped or not.
     background_jpg = reader(backgrounds, "jpg", name=name + "_bg", **common)
-    swap = fn.random.coin_flip(probability=p_bg, dtype=types.BOOL) & has_mask
-    image, mask = composite_and_normalise(both, background_jpg, swap, mean, std, input_size, gpu)
+    swap = fn.random.coin_flip(probability=p_bg, dtype=types.BOOL, seed=op_seed(seed, "swap")) & has_mask
+    image, mask = composite_and_normalise(both, background_jpg, swap, mean, std, input_size, gpu, seed)
     return (*gpu_outputs(gpu, image, mask, has_mask), sample_key(jpg))
 
 

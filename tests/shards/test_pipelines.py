@@ -278,6 +278,29 @@ def _forever(loader):
 
 
 # -- segmentation input and bad input ----------------------------------------------------------
+def test_cpu_graph_with_opencv_matches_the_dali_operator_graph(mixed_data, monkeypatch):
+    """POSEMAE_CPU_IMAGE_OPS=dali runs the operators GPU machines use (DALI warp_affine, float
+    blend after normalising) on the CPU; the default CPU graph (OpenCV warp, uint8 blend before
+    normalising) must give the same batches up to rounding: same samples, same swaps, same
+    augmentation."""
+    def batches(ops):
+        monkeypatch.setenv("POSEMAE_CPU_IMAGE_OPS", ops)
+        return take(pretrain(mixed_data, seed=3), 6)
+    for ours, dali in zip(batches("opencv"), batches("dali")):
+        assert ours["key"] == dali["key"]
+        assert torch.equal(ours["has_mask"], dali["has_mask"]) and torch.equal(ours["is_target"], dali["is_target"])
+        difference = (pixels(ours["image"]) - pixels(dali["image"])).abs()
+        # 3 grey levels of warp rounding, half a level of blend rounding, times the jitter's gain (<= 2.2)
+        assert difference.max() < 8 and difference.mean() < 0.5
+        assert (ours["mask"] - dali["mask"]).abs().max() <= 3 / 255 + 1e-6
+
+
+def test_cpu_image_ops_setting_is_checked(mixed_data, monkeypatch):
+    monkeypatch.setenv("POSEMAE_CPU_IMAGE_OPS", "pil")
+    with pytest.raises(ValueError, match="POSEMAE_CPU_IMAGE_OPS must be one of opencv, dali, got 'pil'"):
+        take(pretrain(mixed_data, seed=0), 1)
+
+
 def test_segnet_loader_reads_only_samples_with_masks(mixed_data):
     src = mixed_data[0]
     loader = segnet_loader(src, batch_size=3, input_size=32, seed=0, rank=0, world_size=1)
