@@ -2,7 +2,9 @@
 (a) a PyTorch DataLoader doing the same decode + composite + augmentation + normalise with
 PIL/torchvision in as many worker processes as DALI has threads, and (b) the bound of decoding the
 same JPEG/PNG bytes alone (DALI decoders, same threads). Plus a per-stage profile of the DALI
-graph and the host memory (peak RSS) after epoch 1 and epoch 5.
+graph and the host memory (peak RSS) after epoch 1 and epoch 5. On the CPU it also runs the loader
+with POSEMAE_CPU_IMAGE_OPS=dali (DALI's own warp and blend instead of OpenCV's; on a GPU the two
+rows are the same graph).
 
     python -m bench.data_pipeline [--quick]
 
@@ -203,6 +205,20 @@ def dali_measure(paths, batch_size, threads, batches) -> tuple[float, float]:
     return _measure(_forever(loader), batches, batch_size)
 
 
+def dali_operators_only_measure(paths, batch_size, threads, batches) -> tuple[float, float]:
+    """The same loader with POSEMAE_CPU_IMAGE_OPS=dali: DALI's own warp and blend on the CPU
+    (the graph GPU machines run) instead of OpenCV's."""
+    previous = os.environ.get("POSEMAE_CPU_IMAGE_OPS")
+    os.environ["POSEMAE_CPU_IMAGE_OPS"] = "dali"
+    try:
+        return dali_measure(paths, batch_size, threads, batches)
+    finally:
+        if previous is None:
+            del os.environ["POSEMAE_CPU_IMAGE_OPS"]
+        else:
+            os.environ["POSEMAE_CPU_IMAGE_OPS"] = previous
+
+
 def _forever(loader):
     while True:
         yield from loader
@@ -313,6 +329,7 @@ def main():
     sizes = (384, 192, 96) if args.quick else (1536, 768, 384)
     rounds, batches = (1, 8) if args.quick else (3, 16)
     runs = {"dali": lambda p: dali_measure(p, batch, workers, batches),
+            "dali_operators_only": lambda p: dali_operators_only_measure(p, batch, workers, batches),
             "dataloader_torchvision": lambda p: dataloader_measure(TorchvisionPretrain, p, batch, workers, batches),
             "dataloader_fused": lambda p: dataloader_measure(FusedPretrain, p, batch, workers, batches),
             **{s: (lambda p, s=s: stage_measure(s, p, batch, workers, batches)) for s in STAGES}}
@@ -353,6 +370,7 @@ def main():
         "dali_vs_fused_dataloader": med_rate["dali"] / med_rate["dataloader_fused"],
         "dali_vs_fused_dataloader_cpu_time": med_cpu["dataloader_fused"] / med_cpu["dali"],
         "dali_vs_decode_bound": med_rate["dali"] / med_rate["decode_full"],
+        "dali_vs_dali_operators_only": med_rate["dali"] / med_rate["dali_operators_only"],
         "dali_vs_decode_bound_cpu_time": med_cpu["decode_full"] / med_cpu["dali"],
         "peak_rss_epoch5_vs_epoch1": peaks[-1] / peaks[0],
     }
@@ -374,7 +392,8 @@ def main():
           f"{'GPU (mixed)' if gpu else 'CPU'}, {os.cpu_count()} cores")
     print(f"{'':42s}{'samples/s':>10s}{'CPU ms/sample':>15s}{'vs torchvision DL':>19s}{'vs fused DL':>13s}")
     base, fused = "dataloader_torchvision", "dataloader_fused"
-    for name, key in [("DALI pretrain_loader", "dali"), ("DataLoader, torchvision", base),
+    for name, key in [("DALI pretrain_loader", "dali"), ("  same, DALI operators only", "dali_operators_only"),
+                      ("DataLoader, torchvision", base),
                       ("DataLoader, fused by hand", fused), ("decode-only bound (DALI decoders)", "decode_full")]:
         print(f"{name:42s}{med_rate[key]:10.0f}{med_cpu[key]:15.2f}"
               f"{med_rate[key] / med_rate[base]:18.2f}x{med_rate[key] / med_rate[fused]:12.2f}x")
