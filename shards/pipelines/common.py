@@ -7,8 +7,11 @@ Conventions. Pixel coordinates are continuous, (0, 0) the top-left corner of the
 dataprep's crops. Images leave the pipelines normalised with the ImageNet mean/std, CHW float32.
 
 CPU vs GPU: one graph. On a CUDA machine (shards.device.cuda_available) images are decoded with
-`mixed` and every pixel op runs on the GPU; otherwise the same graph runs on the CPU
-(device_id=None). Random numbers, affine matrices and joints are small CPU tensors either way.
+`mixed` and every pixel op runs on the GPU; otherwise the graph runs on the CPU (device_id=None)
+with two substitutions that make it about 2x faster there: OpenCV's warp (`warp`) and a uint8
+blend (pretrain.opencv_composite) called from the graph, unless POSEMAE_CPU_IMAGE_OPS=dali.
+Random numbers, affine matrices and joints are small CPU tensors either way, and every random
+operator has its own explicit seed (`op_seed`), so the substitutions draw the same augmentation.
 """
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from nvidia.dali import fn, pipeline_def, types
 
 from .common import (Augment, Loader, ShardSet, Stream, as_augment, colour_normalisation, crop_to_input,
-                     decode_image, derive_seed, gpu_outputs, image_size, normalise, per_rank_min, pipeline_kwargs, reader,
-                     sample_key, values_or_zeros, warp)
+                     decode_image, derive_seed, gpu_outputs, image_size, normalise, per_rank_min, pipeline_kwargs,
+                     reader, sample_key, values_or_zeros, warp)
 from ..device import cuda_available
 
 LABEL_EXTS = ["jpg", "joints3d.f32", "joints2d.f32", "visible.u8", "intrinsics.f32"]

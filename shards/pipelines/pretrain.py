@@ -13,9 +13,9 @@ Per sample, in order:
 Compositing after the warp is exact: the warp is linear in the pixel values and a convex
 combination commutes with it. The same holds for the jitter (affine per channel, see
 common.colour_normalisation), so the GPU graph, whose arithmetic is cheap, blends in float after
-normalising, and the CPU graph blends in uint8 before it (POSEMAE_CPU_IMAGE_OPS=dali runs the
-GPU graph's operators on the CPU instead) (opencv_composite: whole pixels copied,
-only the soft edge computed; results differ by uint8 rounding, at most half a grey level). The
+normalising, and the CPU graph blends in uint8 before it (opencv_composite: whole pixels copied,
+only the soft edge computed; the two differ by uint8 rounding, at most half a grey level before
+the jitter). POSEMAE_CPU_IMAGE_OPS=dali runs the GPU graph's operators on the CPU instead. The
 background gets its own random window instead of the foreground's warp, which is just another
 random background. Samples without a mask get mask 0, has_mask False and never a background swap.
 """
@@ -26,9 +26,9 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dmath
 
 from .common import (Augment, Loader, ShardSet, Stream, as_augment, colour_normalisation, crop_to_input,
-                     decode_image, derive_seed, op_seed, gpu_outputs, image_size, mask_or_zeros, normalise, per_rank_min,
-                     pipeline_kwargs, reader, sample_key, uses_dali_image_ops, warp, with_mask_channel,
-                     zero_mask)
+                     decode_image, derive_seed, gpu_outputs, image_size, mask_or_zeros, normalise, op_seed,
+                     per_rank_min, pipeline_kwargs, reader, sample_key, uses_dali_image_ops, warp,
+                     with_mask_channel, zero_mask)
 from ..device import cuda_available
 
 
