@@ -29,6 +29,11 @@ PERM = np.array([0, 17, 18, 19, 20, 13, 14, 15, 16, 9, 10, 11, 12, 5, 6, 7, 8, 1
 SK_COLOR_INTRINSICS = (607.92271, 607.88192, 314.78337, 236.42484)
 BB_INTRINSICS = (822.79041, 822.79041, 318.47345, 250.31296)
 BB_BASELINE_MM = 120.054
+# The intrinsics come from calibration toolboxes that put pixel centres on integer coordinates
+# (the README's `rodrigues`, om and T are Bouguet's MATLAB Camera Calibration Toolbox, whose
+# convention is "[0;0] is the centre of the upper-left pixel"); crops use pixel corners, so the
+# principal point moves by +0.5 px.
+PIXEL_CENTRE_SHIFT = 0.5
 # SK colour -> depth extrinsics from the STB README: depth = R colour + T, so colour = R^T (depth - T).
 SK_ROTATION = Rotation.from_rotvec([0.00531, -0.01196, 0.00301]).as_matrix()
 SK_TRANSLATION_MM = np.array([-24.0381, -0.4563, -1.2326])
@@ -77,6 +82,7 @@ def make_samples(item, *, root: Path, split: str, image_dirs: dict, label_files:
     seq, view, frame = item
     key = f"stb_{split}_{seq}_{view}_{frame:04d}"
     prefix, suffix, (fx, fy, cx, cy) = VIEWS[view]
+    cx, cy = cx + PIXEL_CENTRE_SHIFT, cy + PIXEL_CENTRE_SHIFT
     label_file = label_files[(seq, suffix)]
     xyz = np.array(joints[(seq, view)][frame], np.float64)
     if not np.all(np.isfinite(xyz)):
@@ -102,6 +108,7 @@ def make_samples(item, *, root: Path, split: str, image_dirs: dict, label_files:
         meta={"dataset": "stb", "split": split, "source": str(image_path.relative_to(root)),
               "sequence": seq, "frame": int(frame), "camera": view, "side": "left",
               "joint_order": "hand21", "root_index": 0, "root_kind": root_kind, "wrist_extrapolation": wrist,
+              "principal_point_shift_px": PIXEL_CENTRE_SHIFT,
               **crop.meta()},
     )
 

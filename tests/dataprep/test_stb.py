@@ -57,11 +57,13 @@ def pose(frame, seq_no, view):
 
 
 def draw(path, xyz, intr):
+    """A dot where the camera sees the thumb tip. STB's calibration (Bouguet's toolbox) puts the
+    centre of pixel (i, j) at (i, j), so K's projection lands on integer pixel centres."""
     fx, fy, cx, cy = intr
     u, v = fx * xyz[4, 0] / xyz[4, 2] + cx, fy * xyz[4, 1] / xyz[4, 2] + cy
     yy, xx = np.mgrid[:H, :W]
     img = np.full((H, W, 3), 110, np.uint8)
-    img[(xx + 0.5 - u) ** 2 + (yy + 0.5 - v) ** 2 <= 7.0 ** 2] = DOT
+    img[(xx - u) ** 2 + (yy - v) ** 2 <= 7.0 ** 2] = DOT
     Image.fromarray(img).save(path)
 
 
@@ -105,6 +107,11 @@ def check_geometry(s, truth_h21, intr):
     uv = np.column_stack([fx * truth_h21[:, 0] / truth_h21[:, 2] + cx, fy * truth_h21[:, 1] / truth_h21[:, 2] + cy])
     scale = s.image.shape[0] / (np.ptp(uv, axis=0).max() * 1.5)
     np.testing.assert_allclose(s.intrinsics[:2], [fx * scale, fy * scale], rtol=1e-5)
+    # pixel-centre (calibration) -> pixel-corner (crop) coordinates: +0.5 before the crop affine
+    a = np.array(s.meta["crop_affine"])
+    np.testing.assert_allclose(s.joints2d_px, (uv + 0.5) @ a[:, :2].T + a[:, 2], atol=2e-3)
+    np.testing.assert_allclose(s.intrinsics[2:], a[:, :2] @ [cx + 0.5, cy + 0.5] + a[:, 2], atol=2e-3)
+    assert s.meta["principal_point_shift_px"] == 0.5
     c, n = dot_centroid(s.image)
     assert n >= 8 and np.abs(c - s.joints2d_px[4]).max() < 0.8, (s.key, c, s.joints2d_px[4])
 
