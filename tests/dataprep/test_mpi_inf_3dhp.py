@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dataprep.cli import cli
+from dataprep.mpi_inf_3dhp import MPI28_TO_H36M17, TEST17_TO_H36M17
 from shards import iter_samples, read_manifest
 from tests.body_fixtures import (BLUE, GREEN, H36M17_NAMES, MPI17_NAMES, MPI28_NAMES, RED, body_axes, check_body,
                                  disk_mask, frame_image, mat73_array, mat73_file, place, raw, write_video)
@@ -193,3 +194,12 @@ def test_mpi_inf_3dhp_bad_input_names_file_and_sample(tmp_path):
     img.unlink()
     res = run("mpi_inf_3dhp", tmp_path / "ts", tmp_path / "o6", "--splits", "test", "--test-sequences", "TS1")
     assert res.exit_code != 0 and "missing" in res.output and str(img) in res.output and "mpi3dhp_test_TS1_000003" in res.output
+
+
+def test_joint_tables_agree_with_the_official_17_joint_subset():
+    """The test set's 17 joints are rows of the training set's 28 (MPI-INF-3DHP's
+    mpii_get_joints('relevant'); 0-based as mmpose's preprocess_mpi_inf_3dhp.py lists them), so
+    the two tables must pick the same joints for h36m17."""
+    relevant = np.array([7, 5, 14, 15, 16, 9, 10, 11, 23, 24, 25, 18, 19, 20, 4, 3, 6])
+    np.testing.assert_array_equal(relevant[TEST17_TO_H36M17], MPI28_TO_H36M17)
+    np.testing.assert_array_equal(MPI28_TO_H36M17, [4, 23, 24, 25, 18, 19, 20, 3, 5, 6, 7, 9, 10, 11, 14, 15, 16])

@@ -2,11 +2,13 @@
 + _info.mat + _segm.mat, MATLAB v5) with known world joints seen through SURREAL's mirrored camera
 (det R = -1): sides must come out anatomically consistent with the image."""
 import numpy as np
+import pytest
 import scipy.io
 from click.testing import CliRunner
 
-from dataprep.bodies import H36M17_FLIP, SMPL_FLIP, forward_direction, smpl24_to_h36m17
+from dataprep.bodies import H36M17_FLIP, SMPL_FLIP, forward_direction, pinhole, smpl24_to_h36m17
 from dataprep.cli import cli
+from dataprep.surreal import surreal_camera
 from shards import iter_samples, read_manifest
 from tests.body_fixtures import (BLUE, GREEN, H36M17_NAMES, RED, SMPL24_NAMES, SPIN_ORDER, body_axes, check_body,
                                  disk_mask, frame_image, place, posed, raw, rot, smpl_h36m17,
@@ -210,3 +212,38 @@ def test_side_check_and_flip_tables():
     assert forward_direction(mirrored) @ (axes[1] * [-1, 1, 1]) < -0.99           # a mirror image, same labels
     assert forward_direction(mirrored[H36M17_FLIP]) @ (axes[1] * [-1, 1, 1]) > 0.99
     np.testing.assert_allclose(smpl24_to_h36m17(j24[SMPL_FLIP]), j17[H36M17_FLIP], atol=1e-9)
+
+
+# Frame 0 of SURREAL's own worked example, datageneration/misc/3Dto2D/01_01_c0001_info.mat in
+# gulvarol/surreal (camLoc; joints3D in world metres and joints2D in pixels, SMPL-24 order).
+EXAMPLE_CAM_LOC = (6.745622, -0.983883, -1.929299)
+EXAMPLE_JOINTS3D = np.array([
+    (0.051231, -1.012467, -1.956575), (0.008565, -0.913053, -2.017266), (0.082448, -0.914687, -1.890778),
+    (0.096167, -1.132510, -1.979893), (0.024722, -0.505457, -2.104264), (0.140737, -0.489946, -1.855404),
+    (0.090736, -1.285415, -1.987754), (0.123610, -0.057628, -2.138300), (0.256470, -0.051022, -1.943916),
+    (0.071409, -1.348451, -1.974985), (-0.016926, -0.005646, -2.105395), (0.167822, 0.003864, -1.828043),
+    (0.116512, -1.596298, -1.986606), (0.049483, -1.493311, -2.065145), (0.161809, -1.480197, -1.911418),
+    (0.060019, -1.664561, -1.965817), (-0.017820, -1.504736, -2.156244), (0.225859, -1.456905, -1.811583),
+    (-0.263567, -1.340821, -2.147475), (0.271213, -1.173094, -1.779588), (-0.176934, -1.589944, -2.033649),
+    (0.199892, -0.913919, -1.674080), (-0.158373, -1.685229, -2.057296), (0.188632, -0.831992, -1.620948)])
+EXAMPLE_JOINTS2D = np.array([
+    (162, 117), (168, 126), (157, 126), (165, 107), (176, 163), (153, 165), (165, 93), (179, 204), (161, 206),
+    (164, 87), (176, 207), (151, 210), (165, 65), (172, 74), (158, 75), (163, 59), (180, 74), (149, 76),
+    (179, 89), (146, 102), (169, 67), (137, 126), (171, 59), (132, 134)])
+
+
+def test_surreal_camera_reproduces_the_released_example():
+    """On SURREAL's released example the converter's camera maps the world joints exactly onto the
+    released joints2D (round(K (R X + t)), the image y axis already pointing down as in the video),
+    and the mirror (det R = -1) shows: with SMPL's labels the body faces away from where its feet
+    point, with the flipped labels the converter stores it faces the same way."""
+    rot, trans = surreal_camera(np.array(EXAMPLE_CAM_LOC))
+    assert np.linalg.det(rot) == pytest.approx(-1.0)
+    cam_mm = 1000.0 * (EXAMPLE_JOINTS3D @ rot.T + trans)
+    uv = pinhole(cam_mm, F, F, CX, CY)
+    np.testing.assert_array_equal(np.round(uv), EXAMPLE_JOINTS2D)
+    assert uv[15, 1] < uv[0, 1] < uv[7, 1]                                    # head above pelvis above ankle
+    feet = (cam_mm[10] + cam_mm[11] - cam_mm[7] - cam_mm[8]) / 2                # ankles -> feet: forward
+    feet /= np.linalg.norm(feet)
+    assert forward_direction(smpl24_to_h36m17(cam_mm)) @ feet == pytest.approx(-0.879, abs=1e-3)
+    assert forward_direction(smpl24_to_h36m17(cam_mm[SMPL_FLIP])) @ feet == pytest.approx(0.879, abs=1e-3)
