@@ -11,8 +11,9 @@ rows are the same graph).
 Two DataLoaders: `torchvision` is the idiomatic one (composite at the stored size as the paper
 orders it, TF.affine on image and mask, resize, ColorJitter, ToTensor, Normalize); `fused` does
 what the DALI graph does, by hand: one RGBA warp straight to 256 px, the jitter folded into the
-normalisation, the blend in torch. Both draw the same augmentation distribution as the DALI graph, and each worker
-reads its own shards (webdataset's own worker split is off: it would split them a second time).
+normalisation, the blend in torch. Both draw the same augmentation distribution as the DALI graph,
+and each worker reads its own shards (webdataset's own worker split is off: it would split them a
+second time).
 
 Data: synthetic shards written with the real ShardWriter in a temp dir: 288 px JPEG crops of
 photographs (quality 95) with a PNG foreground mask on 90% of them, and background images stored
@@ -84,8 +85,8 @@ class ShardSamples(torch.utils.data.IterableDataset):
         rng = np.random.default_rng(self.seed + wid)
         mine = self.urls[wid::nw] or self.urls
         # We split the shards between workers ourselves: webdataset's default workersplitter
-        # would split them again and leave a worker with one shard of its own and no background
-        # shard idle forever (session 1's baseline ran on one worker for that reason).
+        # would split them again and leave a worker without shards, idle forever (the baseline
+        # then runs on fewer workers than DALI has threads).
         def shards(urls):
             return wds.WebDataset(urls, shardshuffle=False, empty_check=False, workersplitter=None)
         backgrounds = iter(shards(self.background_urls).repeat())
@@ -241,8 +242,9 @@ STAGES = ["decode_full", "decode", "geometry", "normalise", "colour", "composite
 def stage_pipeline(stage: str, paths, batch_size: int, threads: int):
     """The pre-training graph (source stream) cut after `stage`: decode (image + mask), geometry
     (the 4-channel warp), normalise (no jitter), colour (jitter folded in), composite (background
-    window decoded and blended on the swapped samples, as pretrain.composite_and_normalise does). `decode_full` is the
-    decode-only bound: image, mask and the whole background JPEG decoded, nothing else."""
+    window decoded and blended on the swapped samples, as pretrain.composite_and_normalise does).
+    `decode_full` is the decode-only bound: image, mask and the whole background JPEG decoded,
+    nothing else."""
     from nvidia.dali import fn, pipeline_def, types
     from shards.device import cuda_available
     from shards.pipelines.common import (Augment, ShardSet, colour_normalisation, crop_to_input, decode_image,
