@@ -283,16 +283,19 @@ def test_cpu_graph_with_opencv_matches_the_dali_operator_graph(mixed_data, monke
     blend after normalising) on the CPU; the default CPU graph (OpenCV warp, uint8 blend before
     normalising) must give the same batches up to rounding: same samples, same swaps, same
     augmentation."""
-    def batches(ops):
+    def batches(ops, p_bg=0.5):
         monkeypatch.setenv("POSEMAE_CPU_IMAGE_OPS", ops)
-        return take(pretrain(mixed_data, seed=3), 6)
-    for ours, dali in zip(batches("opencv"), batches("dali")):
-        assert ours["key"] == dali["key"]
+        return take(pretrain_loader(*mixed_data, batch_size=3, input_size=32, p_bg=p_bg, seed=3), 6)
+    swapped = 0
+    for ours, dali, unswapped in zip(batches("opencv"), batches("dali"), batches("opencv", p_bg=0.0)):
+        assert ours["key"] == dali["key"] == unswapped["key"]
         assert torch.equal(ours["has_mask"], dali["has_mask"]) and torch.equal(ours["is_target"], dali["is_target"])
         difference = (pixels(ours["image"]) - pixels(dali["image"])).abs()
         # 3 grey levels of warp rounding, half a level of blend rounding, times the jitter's gain (<= 2.2)
         assert difference.max() < 8 and difference.mean() < 0.5
         assert (ours["mask"] - dali["mask"]).abs().max() <= 3 / 255 + 1e-6
+        swapped += int(((ours["image"] - unswapped["image"]).abs().amax(dim=(1, 2, 3)) > 0.1).sum())
+    assert 3 <= swapped <= 15                    # the comparison covers composited samples too
 
 
 def test_cpu_image_ops_setting_is_checked(mixed_data, monkeypatch):
