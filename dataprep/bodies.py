@@ -1,5 +1,5 @@
 """Code the body converters share: joint tables (SMPL-24 -> h36m17, side flips), the
-forward-direction side check, crops around a body, video decoding, MATLAB files, and the
+forward-direction side check, crops around a body, MATLAB files, and the
 optional SMPL mesh + H36M joint regressor path for users who bring the licensed model files.
 
 Joint orders (DATASETS.md):
@@ -14,9 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import av
 import click
 import h5py
 import numpy as np
@@ -112,81 +110,6 @@ def fit_intrinsics(uv: np.ndarray, xyz: np.ndarray) -> tuple[np.ndarray, float]:
     fy, cy = np.linalg.lstsq(np.stack([xyz[:, 1], z], 1), uv[:, 1] * z, rcond=None)[0]
     k = np.array([fx, fy, cx, cy])
     return k, float(np.abs(pinhole(xyz, *k) - uv).max())
-
-
-# -- videos ------------------------------------------------------------------------------------
-SEEK_GAP = 200   # frames: decode straight through shorter gaps, seek across longer ones
-
-
-def video_frames(path: Path, indices, sample: str | None = None, allow_short: bool = False,
-                 seek_gap: int = SEEK_GAP) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (frame index, HxWx3 uint8 RGB) for the wanted 0-based frame indices in increasing
-    order. Frames are decoded sequentially; across gaps longer than `seek_gap` frames the
-    container seeks to the keyframe before the next wanted frame. Frame indices come from
-    presentation timestamps, so a seek can never shift them. A video that ends early is an
-    error unless `allow_short` (then the remaining indices are dropped)."""
-    wanted = sorted(set(int(i) for i in indices))
-    if not wanted:
-        return
-    try:
-        container = av.open(str(path))
-    except FileNotFoundError:
-        raise SampleError("video file missing", file=str(path), sample=sample) from None
-    except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise SampleError(f"corrupt or unreadable video: {e}", file=str(path), sample=sample) from None
-    with container:
-        if not container.streams.video:
-            raise SampleError("file has no video stream", file=str(path), sample=sample)
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate = stream.average_rate or stream.guessed_rate
-        tb = stream.time_base
-        t0 = stream.start_time or 0
-        if not rate or not tb:
-            raise SampleError("video has no frame rate or time base", file=str(path), sample=sample)
-
-        def decoder(from_index: int):
-            if from_index > 0:
-                container.seek(t0 + int(from_index / (rate * tb)), stream=stream, backward=True, any_frame=False)
-            return container.decode(stream)
-
-        seekable = True       # False once a frame without a timestamp shows up: count from 0 instead
-        frames, start, last, counted, pos = None, 0, -1, -1, 0
-        try:
-            for want in wanted:
-                if frames is None or (seekable and want - last > seek_gap):
-                    start = want if seekable else 0
-                    frames, last, counted = decoder(start), -1, -1
-                while True:
-                    frame = next(frames, None)
-                    if frame is None:
-                        if allow_short:
-                            return
-                        raise SampleError(f"video ends before frame {want}" + (f" (last frame {last})" if last >= 0 else ""),
-                                          file=str(path), sample=sample)
-                    counted += 1
-                    if frame.pts is None:
-                        if start > 0:
-                            seekable, start = False, 0
-                            frames, last, counted = decoder(0), -1, -1
-                            continue
-                        pos = counted
-                    else:
-                        pos = int(round(float((frame.pts - t0) * tb * rate)))
-                    if pos > want and last < 0 and start > 0:
-                        # The seek landed after the wanted frame: start further back.
-                        start = max(0, start - seek_gap)
-                        frames, last, counted = decoder(start), -1, -1
-                        continue
-                    last = pos
-                    if pos == want:
-                        yield want, frame.to_ndarray(format="rgb24")
-                        break
-                    if pos > want:
-                        raise SampleError(f"video has no frame {want} (timestamps jump to {pos})",
-                                          file=str(path), sample=sample)
-        except av.error.FFmpegError as e:
-            raise SampleError(f"corrupt video (decoding near frame {pos}): {e}", file=str(path), sample=sample) from None
 
 
 # -- MATLAB files ------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ import numpy as np
 from shards.schema import SampleError
 
 from .bodies import (body_crop, crop_sample, in_front, key_part, mat73_dataset,
-                     open_mat73, pinhole, video_frames)
+                     open_mat73, pinhole)
 from .common import check_array, conversion_options, convert_split, driver_kwargs, load_rgb
+from .video import video_frames
 
 TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
 TEST_SUBJECTS = ("S9", "S11")

@@ -30,8 +30,9 @@ import numpy as np
 from shards.schema import SampleError
 
 from .bodies import (body_crop, crop_sample, fit_intrinsics, in_front, load_mat_v5,
-                     mat73_dataset, open_mat73, pinhole, video_frames)
+                     mat73_dataset, open_mat73, pinhole)
 from .common import check_array, conversion_options, convert_split, driver_kwargs, load_rgb
+from .video import video_frames
 
 # h36m17[j] = mpi28[MPI28_TO_H36M17[j]] (28: spine3, spine4, spine2, spine, pelvis, neck, head, head_top,
 # left clavicle, shoulder, elbow, wrist, hand, right ..., left hip, knee, ankle, foot, toe, right ...)

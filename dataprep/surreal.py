@@ -25,8 +25,9 @@ import numpy as np
 from shards.schema import SampleError
 
 from .bodies import (APPROXIMATED_H36M, H36M17_FLIP, SMPL_FLIP, body_crop, crop_sample, in_front, key_part, load_mat_v5, mesh_from_options,
-                     mesh_manifest, mesh_options, pinhole, smpl24_to_h36m17, video_frames)
+                     mesh_manifest, mesh_options, pinhole, smpl24_to_h36m17)
 from .common import check_array, conversion_options, convert_split, driver_kwargs
+from .video import video_frames
 
 SPLITS = ("train", "val", "test")
 FX = FY = 600.0

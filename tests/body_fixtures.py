@@ -178,19 +178,22 @@ def posed(scale, glob_deg, elbow_deg):
 
 
 # -- file formats ------------------------------------------------------------------------------
-def write_video(path, frames, fps=50):
-    """Encode RGB frames: H.264 in .mp4, MPEG-4 part 2 in .avi (both high quality)."""
+def write_video(path, frames, fps=50, codec=None, bframes=2, gop=4):
+    """Encode RGB frames, by default H.264 in .mp4 and MPEG-4 Part 2 in .avi (`codec="libx264"`
+    puts H.264 in an AVI, as MPI-INF-3DHP's videos are). High quality, with B-frames, so packets
+    are stored in decode order and the reader must reorder them (AVI carries no timestamps)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames[0].shape[:2]
+    codec = codec or ("libx264" if path.suffix == ".mp4" else "mpeg4")
     with av.open(str(path), "w") as out:
-        if path.suffix == ".mp4":
-            s = out.add_stream("libx264", rate=fps)
-            s.options = {"crf": "4", "preset": "ultrafast"}
+        s = out.add_stream(codec, rate=fps)
+        if codec == "libx264":
+            s.options = {"crf": "4", "preset": "veryfast", "x264-params": f"scenecut=0:keyint={gop}:min-keyint={gop}"}
         else:
-            s = out.add_stream("mpeg4", rate=fps)
             s.bit_rate = 20_000_000
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.gop_size = 4
+        s.gop_size = gop
+        s.codec_context.max_b_frames = bframes
         for img in frames:
             for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
                 out.mux(p)

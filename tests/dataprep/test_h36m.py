@@ -1,6 +1,6 @@
 """`dataprep h36m` on tiny trees in Human3.6M's original release layout (CDF poses, mp4 videos,
 MATLAB v7.3 background-subtraction masks, metadata.xml) and in h36m-fetch's extracted-frames
-layout, with one known skeleton per frame; plus the video reader's seeking."""
+layout, with one known skeleton per frame (the video reader has its own tests in test_video.py)."""
 from pathlib import Path
 
 import cdflib
@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from dataprep.bodies import video_frames
 from dataprep.cli import cli
 from dataprep.h36m import CAMERA_CONSTANTS
 from shards import iter_samples, read_manifest
@@ -249,24 +248,3 @@ def test_h36m_bad_input_names_file_and_sample(tmp_path):
     assert res.exit_code == 0, res.output
     man = read_manifest(tmp_path / "o5" / "train")
     assert man["samples"] == 0 and len(man["skipped"]) == 4 and all("video file missing" in s["reason"] for s in man["skipped"])
-
-
-def test_video_frames_decodes_in_order_and_seeks_across_gaps(tmp_path):
-    """300 H.264 frames whose colour encodes their index; sparse indices force seeks."""
-    frames = []
-    for i in range(300):
-        img = np.zeros((32, 48, 3), np.uint8)
-        img[..., 0], img[..., 1] = (i // 16) * 12 + 6, (i % 16) * 16 + 8
-        frames.append(img)
-    video = tmp_path / "v.mp4"
-    write_video(video, frames)
-
-    def decoded(img):
-        return int(img[..., 0].mean() // 12) * 16 + int(img[..., 1].mean() // 16)
-
-    for wanted, gap in (([0, 3, 150, 151, 290, 299], 20), (list(range(0, 300, 64)), 10), ([7, 8, 9], 200)):
-        got = [(i, decoded(img)) for i, img in video_frames(video, wanted, seek_gap=gap)]
-        assert got == [(i, i) for i in wanted]
-    assert [i for i, _ in video_frames(video, [298, 305, 400], allow_short=True)] == [298]
-    with pytest.raises(SampleError, match=r"video ends before frame 305 \(last frame 299\).*v\.mp4.*sample k"):
-        list(video_frames(video, [298, 305], sample="k"))

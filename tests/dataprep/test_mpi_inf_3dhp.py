@@ -76,9 +76,9 @@ def write_train(root, nan_at=None, width=84):
                 m[disk_mask(SIZE, SIZE, u17[0], MASK_RADIUS), 0] = 255          # R: the person
                 m[:20, :20, 1] = 255                                              # G: something else
                 masks.append(m)
-        write_video(seq_dir / "imageSequence" / f"video_{cam}.avi", frames, fps=25)
+        write_video(seq_dir / "imageSequence" / f"video_{cam}.avi", frames, fps=25, codec="libx264")
         if cam == 0:
-            write_video(seq_dir / "FGmasks" / f"video_{cam}.avi", masks, fps=25)
+            write_video(seq_dir / "FGmasks" / f"video_{cam}.avi", masks, fps=25, codec="libx264")
     if nan_at is not None:
         cells["annot3"][nan_at[0], 0][nan_at[1], 3 * 23 + 1] = np.nan           # right hip
     if width != 84:
