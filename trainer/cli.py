@@ -23,6 +23,8 @@ from trainer import evaluate as evaluate_stage  # noqa: E402
 cli.add_command(evaluate_stage.cli)
 from trainer import demo  # noqa: E402
 cli.add_command(demo.cli)
+from trainer import export  # noqa: E402
+cli.add_command(export.cli)
 
 if __name__ == "__main__":
     cli()
