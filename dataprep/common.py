@@ -3,9 +3,12 @@ and the click options every dataset command takes."""
 from __future__ import annotations
 
 import functools
+import json
 import multiprocessing as mp
+import os
 import pickle
 import random
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,12 +162,17 @@ def load_pickle(path, encoding: str = "latin1"):
 
 
 # -- the driver -----------------------------------------------------------------------------
+SKIPPED = "skipped.jsonl"    # one line per skipped item, beside manifest.json
+SKIP_EXAMPLES = 10           # skipped items named in the manifest itself
+
+
 def _convert_item(make_samples: Callable, jpeg_quality: int, item):
-    """Worker: item -> [(key, members)] or ('error', message). Runs in a pool process."""
+    """Worker: item -> [(key, members)] or ('error', {message, reason, file, sample}). Runs in a
+    pool process (a plain dict crosses the process boundary; the exception's fields would not)."""
     try:
         return [(s.key, encode_sample(s, jpeg_quality)) for s in make_samples(item)]
     except SampleError as e:
-        return ("error", str(e))
+        return ("error", {"message": str(e), "reason": e.reason, "file": e.file, "sample": e.sample})
 
 
 _WORK = None
@@ -174,17 +182,68 @@ def _run_work(item):
     return _WORK(item)
 
 
+class SkipLog:
+    """Skipped items (--skip-bad): appended to OUT_DIR/skipped.jsonl as they happen and
+    summarised in the manifest (count per kind of reason, the first few keys). A killed run
+    leaves lines for items after the last complete shard; a rerun redoes those items, so it
+    keeps only the lines before `items_done`."""
+
+    def __init__(self, out_dir: Path, items_done: int):
+        self.path = Path(out_dir) / SKIPPED
+        self.entries = []
+        if self.path.exists() and items_done:
+            with open(self.path) as f:
+                self.entries = [e for e in map(json.loads, f) if e["item"] < items_done]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.entries)
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a")
+
+    def add(self, item_no: int, key: str, error: dict) -> None:
+        entry = {"item": item_no, "key": key, "reason": error["reason"], "file": error["file"]}
+        self.entries.append(entry)
+        self._file.write(json.dumps(entry, sort_keys=True) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def summary(self) -> dict:
+        by_reason: dict[str, int] = {}
+        for e in self.entries:
+            kind = reason_kind(e["reason"])
+            by_reason[kind] = by_reason.get(kind, 0) + 1
+        return {"count": len(self.entries), "by_reason": dict(sorted(by_reason.items(), key=lambda kv: -kv[1])),
+                "first": [{"key": e["key"], "reason": e["reason"]} for e in self.entries[:SKIP_EXAMPLES]],
+                "file": SKIPPED}
+
+
+def skipped_count(manifest: dict) -> int:
+    """Skips in a manifest: a SkipLog summary, or the list a plain ShardWriter writes."""
+    skipped = manifest.get("skipped") or []
+    return skipped["count"] if isinstance(skipped, dict) else len(skipped)
+
+
+def reason_kind(reason: str) -> str:
+    """A skip reason with its numbers blanked, so 'frame 12 has NaN' and 'frame 13 has NaN' count
+    as one kind."""
+    return re.sub(r"\d+", "#", reason)
+
+
 def convert_split(items: list, make_samples: Callable[[object], Iterable[Sample]], out_dir: Path, *,
                   workers: int = 1, limit: int | None = None, skip_bad: bool = False,
                   shard_count: int = 2000, shard_bytes: int = 512 << 20, jpeg_quality: int = 95,
                   shuffle_seed: int | None = 0, manifest_extra: dict | None = None,
-                  desc: str = "convert") -> dict:
+                  desc: str = "convert", item_key: Callable[[object], str] = str) -> dict:
     """Convert `items` (work units, e.g. one annotation id) into shards in `out_dir`.
 
     Items are shuffled with `shuffle_seed` before writing (DALI's reader only shuffles within a
     small buffer), cut to `limit`, converted in `workers` processes in order, and written by one
     ShardWriter; a rerun resumes after the last complete shard. `make_samples` must be
-    picklable (a module-level function or functools.partial of one)."""
+    picklable (a module-level function or functools.partial of one). A skipped item is named by
+    the sample its error names, else by `item_key(item)`; the manifest's `skipped` is a summary
+    (see SkipLog) and OUT_DIR/skipped.jsonl lists every one."""
     items = list(items)
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(items)
@@ -195,6 +254,7 @@ def convert_split(items: list, make_samples: Callable[[object], Iterable[Sample]
     writer = ShardWriter(out_dir, max_count=shard_count, max_bytes=shard_bytes, manifest_extra=extra)
     start = writer.items_done
     todo = items[start:]
+    skips = SkipLog(out_dir, start)
     # Workers are forked after this is set, so they inherit it: tasks carry only the item, never
     # the (often large) annotation arrays bound into make_samples.
     global _WORK
@@ -207,9 +267,9 @@ def convert_split(items: list, make_samples: Callable[[object], Iterable[Sample]
             bar.update(1)
             if isinstance(result, tuple) and result[0] == "error":
                 if not skip_bad:
-                    raise click.ClickException(f"{desc}: {result[1]}  (complete shards are kept and a rerun "
+                    raise click.ClickException(f"{desc}: {result[1]['message']}  (complete shards are kept and a rerun "
                                                "resumes after them; --skip-bad records and skips bad samples)")
-                writer.skip(item_no, str(items[item_no]), result[1])
+                skips.add(item_no, result[1]["sample"] or item_key(items[item_no]), result[1])
                 continue
             for key, members in result:
                 writer.write(key, members, item_no + 1)
@@ -218,8 +278,11 @@ def convert_split(items: list, make_samples: Callable[[object], Iterable[Sample]
         raise
     finally:
         bar.close()
+        skips.close()
         if pool:
             pool.terminate()
+    # The writer's own manifest field would list every skip: the summary replaces it.
+    writer.manifest_extra["skipped"] = skips.summary()
     return writer.close(len(items))
 
 
@@ -228,7 +291,7 @@ def conversion_options(f):
     opts = [
         click.option("--workers", type=int, default=1, show_default=True, help="parallel conversion processes"),
         click.option("--limit", type=int, default=None, help="convert only the first N items of each split (after shuffling)"),
-        click.option("--skip-bad", is_flag=True, help="skip bad samples, recording each and why in manifest.json, instead of stopping"),
+        click.option("--skip-bad", is_flag=True, help="skip bad samples instead of stopping: counted by reason in manifest.json, each listed in skipped.jsonl"),
         click.option("--crop-size", type=int, default=DEFAULT_CROP_SIZE, show_default=True, help="stored crop side in pixels"),
         click.option("--context", type=float, default=DEFAULT_CONTEXT, show_default=True, help="crop side / joint bounding-box side"),
         click.option("--shard-count", type=int, default=2000, show_default=True, help="max samples per shard"),

@@ -112,4 +112,4 @@ def cli(src_root, out_dir, splits, versions, mask_threshold, crop_size, context,
                                           "versions": wanted_versions if split == "train" else None,
                                           "crop_size": crop_size, "context": context},
                           **driver_kwargs(**kw))
-        click.echo(f"freihand/{split}: {m['samples']} samples in {m['num_shards']} shards, {len(m['skipped'])} skipped")
+        click.echo(f"freihand/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

@@ -167,5 +167,5 @@ def cli(src_root, out_dir, subsets, test_fraction, holdout_seed, hand_side, max_
                                                                 == (split == "test")],
                                           "crop_size": crop_size, "context": context},
                           **driver_kwargs(**kw))
-        click.echo(f"ganerated/{split}: {m['samples']} samples in {m['num_shards']} shards, {len(m['skipped'])} skipped, "
+        click.echo(f"ganerated/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped, "
                    f"{len(m['incomplete_frames'])} incomplete frames")

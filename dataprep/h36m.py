@@ -378,4 +378,4 @@ def cli(src_root, out_dir, layout, splits, train_subjects, test_subjects, camera
                                           "crop_size": crop_size, "context": context,
                                           **layout_extra},
                           **driver_kwargs(**kw))
-        click.echo(f"h36m/{split}: {m['samples']} samples in {m['num_shards']} shards, {len(m['skipped'])} skipped")
+        click.echo(f"h36m/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

@@ -93,4 +93,4 @@ def cli(src_root, out_dir, center_crop, crop_size, context, **kw):
                       manifest_extra={"dataset": "imagenet", "split": "train", "joint_order": "none",
                                       "layout": layout, "shorter_side": crop_size, "center_crop": center_crop},
                       **driver_kwargs(**kw))
-    click.echo(f"imagenet/train: {m['samples']} samples in {m['num_shards']} shards, {len(m['skipped'])} skipped")
+    click.echo(f"imagenet/train: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

@@ -272,4 +272,4 @@ def cli(src_root, out_dir, splits, subjects, cameras, train_stride, frames_per_i
                                           "annot3": annot3_key, "joints2d": f"pinhole projection of {annot3_key}",
                                           "crop_size": crop_size, "context": context, **extra},
                           **driver_kwargs(**kw))
-        click.echo(f"mpi_inf_3dhp/{split}: {m['samples']} samples in {m['num_shards']} shards, {len(m['skipped'])} skipped")
+        click.echo(f"mpi_inf_3dhp/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

@@ -207,12 +207,19 @@ def undistorted_crop(image: np.ndarray, crop, cam: Camera) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def view_key_of(split: str, item) -> str:
+    """Key prefix of the samples of one (sequence, HD frame, camera) item; each hand adds
+    _p<person>_<side>."""
+    seq, frame, cam_name = item
+    return f"panoptic_{split}_{key_part(seq)}_{frame:08d}_{key_part(cam_name)}"
+
+
 def make_samples(item, *, root: Path, split: str, cameras: dict, crop_size: int, context: float,
                  min_score: float, max_repro_error: float):
     """(sequence, HD frame, camera) -> one sample per usable hand seen by that camera."""
     seq, frame, cam_name = item
     cam: Camera = cameras[seq][cam_name]
-    view_key = f"panoptic_{split}_{key_part(seq)}_{frame:08d}_{key_part(cam_name)}"
+    view_key = view_key_of(split, item)
     hand_path = root / seq / "hdHand3d" / f"handRecon3D_hd{frame:08d}.json"
     image_path = root / seq / "hdImgs" / cam_name / f"{cam_name}_{frame:08d}.jpg"
     image = None
@@ -329,14 +336,14 @@ def cli(src_root, out_dir, splits, sequences, test_sequences, cameras, min_score
             items += [(seq, frame, cam) for frame in frames for cam in cams_used[seq]]
         make = functools.partial(make_samples, root=src_root, split=split, cameras=calib, crop_size=crop_size,
                                  context=context, min_score=min_score, max_repro_error=max_repro_error)
-        m = convert_split(items, make, out_dir / split, desc=f"panoptic/{split}",
+        m = convert_split(items, make, out_dir / split, desc=f"panoptic/{split}", item_key=functools.partial(view_key_of, split),
                           manifest_extra={"dataset": "panoptic", "split": split, "joint_order": "hand21",
                                           "sequences": split_seqs, "test_sequences": test_seqs,
                                           "cameras": {s: cams_used[s] for s in split_seqs},
                                           "min_score": min_score, "max_repro_error": max_repro_error,
                                           "undistorted": True, "crop_size": crop_size, "context": context},
                           **driver_kwargs(**kw))
-        click.echo(f"panoptic/{split}: {m['samples']} samples in {m['num_shards']} shards, {len(m['skipped'])} skipped")
+        click.echo(f"panoptic/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")
 
 
 # -- the 2D-only hand_labels sets ------------------------------------------------------------
@@ -347,14 +354,21 @@ PANOPTICDB_JSON = "hands_v143_14817.json"
 ALL_2D_SETS = (*MANUAL_SETS, *SYNTH_SETS, "panopticdb")
 
 
+def key_2d(split: str, item) -> str:
+    set_name, ref = item
+    if set_name == "panopticdb":
+        return f"panoptic2d_{split}_panopticdb_{ref:08d}"
+    return f"panoptic2d_{split}_{set_name}_{key_part(Path(ref).stem)}"
+
+
 def make_samples_2d(item, *, root: Path, split: str, panopticdb: list, panopticdb_side: str,
                     crop_size: int, context: float):
     """(set, json path relative to root | panopticdb index) -> one 2D-only sample."""
     set_name, ref = item
+    key = key_2d(split, item)
     if set_name == "panopticdb":
         entry_file = root / PANOPTICDB / PANOPTICDB_JSON
         entry = panopticdb[ref]
-        key = f"panoptic2d_{split}_panopticdb_{ref:08d}"
         if not isinstance(entry, dict) or "joint_self" not in entry or "img_paths" not in entry:
             raise SampleError(f"root[{ref}] lacks joint_self/img_paths", file=str(entry_file), sample=key)
         pts = float_array(entry["joint_self"], (NUM_JOINTS, 3), f"root[{ref}] joint_self", entry_file, key)
@@ -362,7 +376,6 @@ def make_samples_2d(item, *, root: Path, split: str, panopticdb: list, panopticd
         side, side_source = panopticdb_side, "assumed (panopticdb has no side key)"
     else:
         entry_file = root / ref
-        key = f"panoptic2d_{split}_{set_name}_{key_part(entry_file.stem)}"
         entry = read_json(entry_file, "annotation", key)
         if not isinstance(entry, dict) or "hand_pts" not in entry:
             raise SampleError("annotation lacks hand_pts", file=str(entry_file), sample=key)
@@ -452,9 +465,9 @@ def cli_2d(src_root, out_dir, splits, train_sets, test_sets, panopticdb_side, cr
             panopticdb = entries or panopticdb
         make = functools.partial(make_samples_2d, root=src_root, split=split, panopticdb=panopticdb,
                                  panopticdb_side=panopticdb_side, crop_size=crop_size, context=context)
-        m = convert_split(items, make, out_dir / split, desc=f"panoptic-2d/{split}",
+        m = convert_split(items, make, out_dir / split, desc=f"panoptic-2d/{split}", item_key=functools.partial(key_2d, split),
                           manifest_extra={"dataset": "panoptic_hand_labels", "split": split, "joint_order": "hand21",
                                           "sets": sets[split], "has_3d": False, "panopticdb_side": panopticdb_side,
                                           "crop_size": crop_size, "context": context},
                           **driver_kwargs(**kw))
-        click.echo(f"panoptic-2d/{split}: {m['samples']} samples in {m['num_shards']} shards, {len(m['skipped'])} skipped")
+        click.echo(f"panoptic-2d/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

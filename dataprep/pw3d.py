@@ -172,4 +172,4 @@ def cli(src_root, out_dir, splits, require_poses2d, smpl_models, h36m_regressor,
                                           "camera": "cam_intrinsics pinhole; cam_poses world -> camera",
                                           "masks": "none in this dataset", "crop_size": crop_size, "context": context},
                           **driver_kwargs(**kw))
-        click.echo(f"pw3d/{split}: {m['samples']} samples in {m['num_shards']} shards, {len(m['skipped'])} skipped")
+        click.echo(f"pw3d/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

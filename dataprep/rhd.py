@@ -187,4 +187,4 @@ def cli(src_root, out_dir, splits, hand_choice, crop_size, context, **kw):
                                           "mask": "kept hand's classes (left 2-17, right 18-33) -> 255",
                                           "crop_size": crop_size, "context": context},
                           **driver_kwargs(**kw))
-        click.echo(f"rhd/{split}: {m['samples']} samples in {m['num_shards']} shards, {len(m['skipped'])} skipped")
+        click.echo(f"rhd/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

@@ -77,10 +77,15 @@ def load_hand_para(path: Path) -> np.ndarray:
     return para
 
 
+def sample_key(split: str, item) -> str:
+    seq, view, frame = item
+    return f"stb_{split}_{seq}_{view}_{frame:04d}"
+
+
 def make_samples(item, *, root: Path, split: str, image_dirs: dict, label_files: dict, joints: dict,
                  root_kind: str, wrist_ref: str, wrist_factor: float, crop_size: int, context: float):
     seq, view, frame = item
-    key = f"stb_{split}_{seq}_{view}_{frame:04d}"
+    key = sample_key(split, item)
     prefix, suffix, (fx, fy, cx, cy) = VIEWS[view]
     cx, cy = cx + PIXEL_CENTRE_SHIFT, cy + PIXEL_CENTRE_SHIFT
     label_file = label_files[(seq, suffix)]
@@ -198,7 +203,7 @@ def cli(src_root, out_dir, splits, train_seqs, test_seqs, frames, views, root_ki
         make = functools.partial(make_samples, root=src_root, split=split, image_dirs=image_dirs,
                                  label_files=label_files, joints=joints, root_kind=root_kind, wrist_ref=wrist_ref,
                                  wrist_factor=wrist_factor, crop_size=crop_size, context=context)
-        m = convert_split(items, make, out_dir / split, desc=f"stb/{split}",
+        m = convert_split(items, make, out_dir / split, desc=f"stb/{split}", item_key=functools.partial(sample_key, split),
                           manifest_extra={"dataset": "stb", "split": split, "joint_order": "hand21",
                                           "sequences": seqs_of[split], "views": view_list, "frames": frames,
                                           "root_kind": root_kind,
@@ -206,4 +211,4 @@ def cli(src_root, out_dir, splits, train_seqs, test_seqs, frames, views, root_ki
                                           if root_kind == "wrist" else None,
                                           "left_hands": "mirrored to right", "crop_size": crop_size, "context": context},
                           **driver_kwargs(**kw))
-        click.echo(f"stb/{split}: {m['samples']} samples in {m['num_shards']} shards, {len(m['skipped'])} skipped")
+        click.echo(f"stb/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

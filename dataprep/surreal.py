@@ -188,4 +188,4 @@ def cli(src_root, out_dir, splits, runs, stride, masks, smpl_models, h36m_regres
                                           "masks": "_segm.mat > 0 when present" if masks else "off",
                                           "crop_size": crop_size, "context": context},
                           **driver_kwargs(**kw))
-        click.echo(f"surreal/{split}: {m['samples']} samples in {m['num_shards']} shards, {len(m['skipped'])} skipped")
+        click.echo(f"surreal/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

@@ -13,6 +13,8 @@ from shards.reader import iter_samples, list_shards, read_manifest
 from shards.schema import SampleError, validate
 from shards.writer import sha256_file
 
+from .common import skipped_count
+
 # hand21 / h36m17 bones for drawing: (parent, child)
 BONES = {
     "hand21": [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11),
@@ -131,7 +133,7 @@ def inspect(path, sheet, num):
             if i >= num:
                 break
         click.echo(json.dumps({"dir": str(d), "samples": manifest["samples"], "shards": manifest["num_shards"],
-                               "skipped": len(manifest["skipped"]), "joint_order": manifest.get("joint_order"),
+                               "skipped": skipped_count(manifest), "joint_order": manifest.get("joint_order"),
                                "members (first 200 samples)": dict(exts), "image_shapes": sorted(map(list, shapes))},
                               indent=1))
     if tiles:

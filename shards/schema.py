@@ -57,6 +57,7 @@ class SampleError(ValueError):
         where = ", ".join(x for x in (f"file {file}" if file else "", f"sample {sample}" if sample else "") if x)
         super().__init__(f"{message} ({where})" if where else message)
         self.file, self.sample = file, sample
+        self.reason = message       # without the location, to count skips by kind
 
 
 @dataclass

@@ -16,6 +16,7 @@ from PIL import Image
 from dataprep.cli import cli
 from shards import iter_samples, read_manifest
 from tests.hand_fixtures import draw_dot, find_dot, hand21_mm, project
+from tests.dataprep.skips import read_skips
 
 N_TRAIN, N_EVAL = 3, 2
 K = np.array([[480.0, 0, 112], [0, 480.0, 112], [0, 0, 1]])
@@ -123,7 +124,9 @@ def test_freihand_bad_input(tmp_path):
     res = CliRunner().invoke(cli, ["freihand", str(src), str(tmp_path / "out2"), "--splits", "train", "--skip-bad"])
     assert res.exit_code == 0, res.output
     m = read_manifest(tmp_path / "out2" / "train")
-    assert m["samples"] == 11 and len(m["skipped"]) == 1 and "00000004.jpg" in m["skipped"][0]["reason"]
+    skips = read_skips(tmp_path / "out2" / "train")
+    assert m["samples"] == 11 and [s["key"] for s in skips] == ["freihand_train_00000004"]
+    assert skips[0]["file"].endswith("00000004.jpg")
 
     xyz = json.loads((src / "training_xyz.json").read_text())
     xyz[1][3][2] = float("nan")

@@ -10,6 +10,7 @@ from dataprep.cli import cli
 from dataprep.ganerated import CX, CY, FX, FY, held_out
 from shards.reader import iter_samples, read_manifest
 from shards.schema import project, validate
+from tests.dataprep.skips import read_skips
 
 # A left hand in hand21 order (wrist, thumb MCP..tip, index, middle, ring, little), camera mm.
 FINGER_X = {1: -38.0, 5: -22.0, 9: -4.0, 13: 13.0, 17: 28.0}
@@ -166,8 +167,8 @@ def test_bad_input_errors_and_skip_bad(tmp_path):
     assert r.exit_code == 0, r.output
     m = read_manifest(tmp_path / "o3" / "train")
     assert m["samples"] == 1
-    reasons = {s["key"]: s["reason"] for s in m["skipped"]}
-    assert "has 60 values, expected 63" in reasons["noObject/0001/0001"]
-    assert "corrupt or unreadable image" in reasons["noObject/0002/0001"]
-    assert "differs from the projection of joint_pos_global.txt by 5" in reasons["withObject/0001/0001"]
+    reasons = {s["key"]: s["reason"] for s in read_skips(tmp_path / "o3" / "train")}
+    assert "has 60 values, expected 63" in reasons["ganerated_train_noObject_0001_0001"], reasons
+    assert "corrupt or unreadable image" in reasons["ganerated_train_noObject_0002_0001"]
+    assert "differs from the projection of joint_pos_global.txt by 5" in reasons["ganerated_train_withObject_0001_0001"]
     assert [s.meta["source"] for s in iter_samples(tmp_path / "o3" / "train")] == ["noObject/0001/0002_color_composed.png"]

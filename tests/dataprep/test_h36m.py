@@ -17,6 +17,7 @@ from shards.schema import SampleError
 from tests.body_fixtures import (BLUE, GREEN, H36M17_NAMES, H36M32_NAMES, RED, body_axes, check_body,
                                  colour_centroid, disk_mask, frame_image, mat73_array, mat73_file, place, raw,
                                  write_video)
+from tests.dataprep.skips import read_skips
 
 SIZE = 128
 # Small-image cameras written to the fixture's metadata.xml (the real ones / 8).
@@ -154,7 +155,8 @@ def test_h36m_original_release(tmp_path):
             assert s.mask is None and "d2_vs_pinhole_px" not in m
     for split, n, stride in (("train", 4, 5), ("test", 5, 8)):
         man = read_manifest(out / split)
-        assert (man["samples"], man["stride"], man["layout"], man["joint_order"], man["skipped"]) == (n, stride, "original", "h36m17", [])
+        assert (man["samples"], man["stride"], man["layout"], man["joint_order"]) == (n, stride, "original", "h36m17")
+        assert man["skipped"]["count"] == 0 and read_skips(out / split) == []
         assert man["camera_source"] == str(src / "metadata.xml")
         assert man["camera_intrinsics"]["54138969"]["fx"] == pytest.approx(SMALL_CAMS["54138969"][0])
     assert read_manifest(out / "test")["exclude"] == ["S11/Directions.54138969"]
@@ -247,4 +249,7 @@ def test_h36m_bad_input_names_file_and_sample(tmp_path):
               "--train-stride", 3)
     assert res.exit_code == 0, res.output
     man = read_manifest(tmp_path / "o5" / "train")
-    assert man["samples"] == 0 and len(man["skipped"]) == 4 and all("video file missing" in s["reason"] for s in man["skipped"])
+    skips = read_skips(tmp_path / "o5" / "train")
+    assert man["samples"] == 0 and len(skips) == 4 and all(s["reason"] == "video file missing" for s in skips)
+    assert {s["key"] for s in skips} == {"h36m_train_S1_Directions_1_55011271"} and {s["file"] for s in skips} == {str(video)}
+    assert man["skipped"]["by_reason"] == {"video file missing": 4}

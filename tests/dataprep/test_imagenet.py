@@ -8,6 +8,7 @@ from PIL import Image
 
 from dataprep.cli import cli
 from shards.reader import iter_samples, read_manifest
+from tests.dataprep.skips import read_skips
 
 RED, BLUE, CMYK_RGB = (220, 30, 30), (30, 40, 210), (40, 160, 90)
 
@@ -70,7 +71,7 @@ def test_flat_layout_full_images_shorter_side(tmp_path):
     assert c.shape == (32, 32, 3) and np.abs(c[16, 16] - CMYK_RGB).max() < 12
     m = read_manifest(out / "train")
     assert m["samples"] == 4 and m["joint_order"] == "none" and m["layout"] == "flat"
-    assert m["shorter_side"] == 32 and m["center_crop"] is False and m["skipped"] == []
+    assert m["shorter_side"] == 32 and m["center_crop"] is False and m["skipped"]["count"] == 0
     r = run("verify", out)
     assert r.exit_code == 0 and "OK, 4 samples" in r.output
 
@@ -104,7 +105,8 @@ def test_corrupt_image_error_and_skip_bad(tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "out2" / "train" / "manifest.json").read_text())
     assert m["samples"] == 4
-    assert [s["key"] for s in m["skipped"]] == ["ILSVRC2012_val_00000005.JPEG"]
-    assert "corrupt or unreadable image" in m["skipped"][0]["reason"]
+    skips = read_skips(tmp_path / "out2" / "train")
+    assert [s["key"] for s in skips] == ["imagenet_ILSVRC2012_val_00000005"], skips
+    assert "corrupt or unreadable image" in skips[0]["reason"] and skips[0]["file"] == str(bad)
     r = CliRunner().invoke(cli, ["imagenet", str(tmp_path / "val"), str(tmp_path / "out3"), "--context", "2"])
     assert r.exit_code == 2 and "not cropped around joints" in r.output

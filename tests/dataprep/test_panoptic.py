@@ -12,6 +12,7 @@ from PIL import Image
 from dataprep.cli import cli
 from shards.reader import iter_samples, read_manifest
 from shards.schema import project, validate
+from tests.dataprep.skips import read_skips
 
 W, H = 320, 240
 K = [[260.0, 0.0, 161.3], [0.0, 258.0, 118.6], [0.0, 0.0, 1.0]]
@@ -225,8 +226,10 @@ def test_bad_input(dome):
     assert r.exit_code == 0, r.output
     m = read_manifest(root / "o_nan2" / "test")
     assert m["samples"] == 3
-    assert sorted(s["key"] for s in m["skipped"]) == ["('171204_pose5', 124, '00_00')", "('171204_pose5', 124, '00_01')"]
-    assert all("landmarks contain NaN" in s["reason"] for s in m["skipped"])
+    skips = read_skips(root / "o_nan2" / "test")
+    assert sorted(s["key"] for s in skips) == ["panoptic_test_171204_pose5_00000124_00_00_p0_right",
+                                               "panoptic_test_171204_pose5_00000124_00_01_p0_right"], skips
+    assert all("landmarks contain NaN" in s["reason"] and s["file"] == str(p) for s in skips)
 
     # wrong joint count
     seq = corrupt_copy(root, "count")
@@ -248,10 +251,13 @@ def test_bad_input(dome):
     r = run("panoptic", seq.parent, root / "o_img2", "--splits", "test", "--skip-bad", "--crop-size", 64)
     assert r.exit_code == 0, r.output
     m = read_manifest(root / "o_img2" / "test")
-    reasons = {s["key"]: s["reason"] for s in m["skipped"]}
+    skips = {s["key"]: s for s in read_skips(root / "o_img2" / "test")}
     assert m["samples"] == 2   # 123/00_01 right, 124/00_00 right
-    assert "corrupt or unreadable image" in reasons["('171204_pose5', 123, '00_00')"] and str(bad) in reasons["('171204_pose5', 123, '00_00')"]
-    assert "image file missing" in reasons["('171204_pose5', 124, '00_01')"] and str(gone) in reasons["('171204_pose5', 124, '00_01')"]
+    # an unreadable image skips its view, named by the first hand that needed it
+    bad_key, gone_key = "panoptic_test_171204_pose5_00000123_00_00_p0_left", "panoptic_test_171204_pose5_00000124_00_01_p0_right"
+    assert sorted(skips) == [bad_key, gone_key], skips
+    assert "corrupt or unreadable image" in skips[bad_key]["reason"] and skips[bad_key]["file"] == str(bad)
+    assert skips[gone_key]["reason"] == "image file missing" and skips[gone_key]["file"] == str(gone)
 
 
 # -- 2D-only hand_labels ---------------------------------------------------------------------------
@@ -341,4 +347,6 @@ def test_hand_labels_bad_side_and_skip_bad(tmp_path):
     r = run("panoptic-2d", tmp_path / "src", tmp_path / "o2", "--splits", "test", "--skip-bad")
     assert r.exit_code == 0, r.output
     m = read_manifest(tmp_path / "o2" / "test")
-    assert m["samples"] == 0 and "unknown hand side" in m["skipped"][0]["reason"]
+    skips = read_skips(tmp_path / "o2" / "test")
+    assert m["samples"] == 0 and "unknown hand side" in skips[0]["reason"] and skips[0]["file"] == str(p)
+    assert skips[0]["key"].startswith("panoptic2d_test_")

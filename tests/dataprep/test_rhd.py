@@ -9,6 +9,7 @@ from PIL import Image
 from dataprep.cli import cli
 from shards import iter_samples, project, read_manifest
 from shards.schema import JOINT_ORDERS
+from tests.dataprep.skips import read_skips
 
 HAND21 = JOINT_ORDERS["hand21"]
 FINGERS = ("thumb", "index", "middle", "ring", "little")
@@ -142,8 +143,8 @@ def test_rhd_converts_the_released_layout(tmp_path):
     assert samples["rhd_train_00000_left"].meta["uv_vis_error_px"] < 1e-3
     for split, n in (("train", 3), ("test", 2)):
         man = read_manifest(out / split)
-        assert (man["samples"], man["dataset"], man["split"], man["joint_order"], man["hand_choice"], man["skipped"]) == \
-            (n, "rhd", split, "hand21", "mask-pixels", [])
+        assert (man["samples"], man["dataset"], man["split"], man["joint_order"], man["hand_choice"], man["skipped"]["count"]) == \
+            (n, "rhd", split, "hand21", "mask-pixels", 0)
     res = run("verify", out)
     assert res.exit_code == 0 and res.output.count("OK") == 2, res.output
 
@@ -181,8 +182,9 @@ def test_rhd_bad_input_names_file_and_sample(tmp_path):
     res = run("rhd", src, tmp_path / "o2", "--splits", "train", "--skip-bad")
     assert res.exit_code == 0, res.output
     man = read_manifest(tmp_path / "o2" / "train")
-    assert man["samples"] == 2 and len(man["skipped"]) == 1
-    assert man["skipped"][0]["key"] == "1" and "NaN" in man["skipped"][0]["reason"]
+    skips = read_skips(tmp_path / "o2" / "train")
+    assert man["samples"] == 2 and len(skips) == 1
+    assert skips[0]["key"].startswith("rhd_train_00001") and "NaN" in skips[0]["reason"] and skips[0]["file"] == str(anno_file)
     assert sorted(s.key for s in iter_samples(tmp_path / "o2" / "train")) == ["rhd_train_00000_left", "rhd_train_00002_right"]
     anno_file.write_bytes(good)
 
@@ -195,9 +197,9 @@ def test_rhd_bad_input_names_file_and_sample(tmp_path):
     mask.unlink()
     res = run("rhd", src, tmp_path / "o4", "--splits", "train", "--skip-bad")
     assert res.exit_code == 0, res.output
-    reasons = sorted(s["reason"] for s in read_manifest(tmp_path / "o4" / "train")["skipped"])
-    assert len(reasons) == 2 and "corrupt" in reasons[0] and str(color) in reasons[0]
-    assert "missing" in reasons[1] and str(mask) in reasons[1] and "rhd_train_00000" in reasons[1]
+    skips = sorted(read_skips(tmp_path / "o4" / "train"), key=lambda s: s["reason"])
+    assert len(skips) == 2 and "corrupt" in skips[0]["reason"] and skips[0]["file"] == str(color)
+    assert "missing" in skips[1]["reason"] and skips[1]["file"] == str(mask) and skips[1]["key"].startswith("rhd_train_00000")
 
     # a pickle that would run a command when unpickled is refused before anything runs
     flag = tmp_path / "pwned"

@@ -10,6 +10,7 @@ from PIL import Image
 from dataprep.cli import cli
 from shards import iter_samples, project, read_manifest
 from shards.schema import JOINT_ORDERS
+from tests.dataprep.skips import read_skips
 
 HAND21 = JOINT_ORDERS["hand21"]
 # STB's order, from its README: palm centre, then little, ring, middle, index, thumb, each MCP -> tip.
@@ -142,8 +143,8 @@ def test_stb_converts_the_released_layout(tmp_path):
             np.testing.assert_allclose(s.joints3d_mm[h21], raw_color[raw] * [-1, 1, 1], atol=2e-3)
     for split in ("train", "test"):
         man = read_manifest(out / split)
-        assert (man["samples"], man["dataset"], man["joint_order"], man["root_kind"], man["views"], man["skipped"]) == \
-            (6, "stb", "hand21", "palm", ["sk"], [])
+        assert (man["samples"], man["dataset"], man["joint_order"], man["root_kind"], man["views"], man["skipped"]["count"]) == \
+            (6, "stb", "hand21", "palm", ["sk"], 0)
     assert read_manifest(out / "test")["sequences"] == ["B1Counting", "B1Random"]
     res = run("verify", out)
     assert res.exit_code == 0 and res.output.count("OK") == 2, res.output
@@ -198,8 +199,9 @@ def test_stb_bad_input_names_file_and_sample(tmp_path):
     res = go("o2", "--skip-bad")
     assert res.exit_code == 0, res.output
     man = read_manifest(tmp_path / "o2" / "test")
-    assert man["samples"] == 5 and len(man["skipped"]) == 1
-    assert "stb_test_B1Counting_sk_0001" in man["skipped"][0]["reason"] and "NaN" in man["skipped"][0]["reason"]
+    skips = read_skips(tmp_path / "o2" / "test")
+    assert man["samples"] == 5 and [s["key"] for s in skips] == ["stb_test_B1Counting_sk_0001"]
+    assert "NaN" in skips[0]["reason"] and skips[0]["file"] == str(mat)
     scipy.io.savemat(mat, {"handPara": para})
 
     png = root / "images" / "B1Random" / "SK_color_2.png"
@@ -209,9 +211,11 @@ def test_stb_bad_input_names_file_and_sample(tmp_path):
 
     res = go("o4", "--frames", "0:4", "--skip-bad")          # frame 3 has no images
     assert res.exit_code == 0, res.output
-    reasons = sorted(s["reason"] for s in read_manifest(tmp_path / "o4" / "test")["skipped"])
-    assert len(reasons) == 3 and "corrupt" in reasons[0]
-    assert all("image file missing" in r and "SK_color_3.png" in r for r in reasons[1:])
+    skips = sorted(read_skips(tmp_path / "o4" / "test"), key=lambda s: s["key"])
+    assert [s["key"] for s in skips] == ["stb_test_B1Counting_sk_0003", "stb_test_B1Random_sk_0002", "stb_test_B1Random_sk_0003"]
+    assert "corrupt" in skips[1]["reason"] and skips[1]["file"] == str(png)
+    assert all(s["reason"] == "image file missing" and s["file"].endswith("SK_color_3.png") for s in skips[::2])
+    assert read_manifest(tmp_path / "o4" / "test")["skipped"]["by_reason"]["image file missing"] == 2
 
     scipy.io.savemat(mat, {"handPara": para[:, :20]})
     res = go("o5")
