@@ -62,12 +62,7 @@ def render_heatmaps(uvz: torch.Tensor, shape, sigma: float = DEFAULT_SIGMA) -> t
     (B, K, D, H, W) float32 on uvz's device. Rendered for every joint; weights decide which count."""
     D, H, W = shape
     uvz = uvz.float()
-
-    def gaussian_1d(centre, size):  # (B, K) -> (B, K, size)
-        grid = torch.arange(size, device=uvz.device, dtype=torch.float32)
-        return torch.exp(-(grid - centre[..., None]) ** 2 / (2 * sigma ** 2))
-
-    gx, gy, gz = gaussian_1d(uvz[..., 0], W), gaussian_1d(uvz[..., 1], H), gaussian_1d(uvz[..., 2], D)
+    gx, gy, gz = (_gaussian_1d(uvz[..., i], n, sigma) for i, n in ((0, W), (1, H), (2, D)))
     return gz[..., :, None, None] * gy[..., None, :, None] * gx[..., None, None, :]
 
 
@@ -83,11 +78,46 @@ def pose_loss(heatmaps: torch.Tensor, uvz: torch.Tensor, visible: torch.Tensor,
               sigma: float = DEFAULT_SIGMA) -> torch.Tensor:
     """Eq. 5: mean over samples, joints and voxels of w * (heatmap - gt)^2 (ViTPose's
     target-weighted MSE), with w = 0 for invisible joints and joints outside the volume.
-    Computed in float32."""
+    Computed in float32.
+
+    The volume is the largest tensor of a fine-tuning step (21 x 64^3 floats per sample at the
+    paper's size), and the plain expression walks it about ten times (render, subtract, square,
+    mean, and as many again backwards). _HeatmapMSE walks it three times: one fused
+    `heatmaps - gz*gy*gx` (the Gaussian is separable, so the target is never stored on its own),
+    one norm, and one multiply for the gradient. Equal to the plain expression within float
+    rounding (tests/trainer/test_heatmaps.py)."""
     shape = heatmaps.shape[-3:]
-    gt = render_heatmaps(uvz, shape, sigma)
-    per_joint = ((heatmaps.float() - gt) ** 2).mean(dim=(2, 3, 4))
-    return (per_joint * joint_weights(uvz.float(), visible, shape)).mean()
+    D, H, W = shape
+    uvz = uvz.float()
+    gx, gy, gz = (_gaussian_1d(uvz[..., i], n, sigma) for i, n in ((0, W), (1, H), (2, D)))
+    weights = joint_weights(uvz, visible, shape)
+    return _HeatmapMSE.apply(heatmaps.float(), gz[..., :, None] * gy[..., None, :], gx, weights)
+
+
+def _gaussian_1d(centre: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """(B, K) centres -> (B, K, size) exp(-(i - centre)^2 / (2 sigma^2)) at voxel centres i."""
+    grid = torch.arange(size, device=centre.device, dtype=torch.float32)
+    return torch.exp(-(grid - centre[..., None]) ** 2 / (2 * sigma ** 2))
+
+
+class _HeatmapMSE(torch.autograd.Function):
+    """mean_{b,k}(w_bk * mean_{d,y,x}(h - g_zy * g_x)^2), gradient for h only."""
+
+    @staticmethod
+    def forward(ctx, heatmaps, g_zy, g_x, weights):
+        # g_zy (B,K,D,H) and g_x (B,K,W) broadcast to the volume inside addcmul: no target tensor.
+        diff = torch.addcmul(heatmaps, g_zy[..., None], g_x[..., None, None, :], value=-1.0)
+        voxels = diff.shape[-3] * diff.shape[-2] * diff.shape[-1]
+        per_joint = torch.linalg.vector_norm(diff, dim=(2, 3, 4)).square() / voxels
+        ctx.save_for_backward(diff, weights)
+        ctx.voxels = voxels
+        return (per_joint * weights).mean()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        diff, weights = ctx.saved_tensors
+        scale = grad_output * 2.0 / (ctx.voxels * weights.numel()) * weights
+        return diff * scale[..., None, None, None], None, None, None
 
 
 def decode_heatmaps(heatmaps: torch.Tensor, method: str = "argmax") -> torch.Tensor:

@@ -85,7 +85,7 @@ def test_pose_loss_known_values_and_weights():
     visible = torch.tensor([[True, False, True]])
     gt = render_heatmaps(uvz, shape, 2.0)
     assert joint_weights(uvz, visible, shape).tolist() == [[1.0, 0.0, 0.0]]
-    assert pose_loss(gt, uvz, visible).item() == 0.0
+    assert pose_loss(gt, uvz, visible).item() == pytest.approx(0.0, abs=1e-12)   # fused: FMA rounding
     # Zero prediction: only joint 0 counts, averaged over all 3 joints and 800 voxels.
     zero = torch.zeros(1, 3, *shape, requires_grad=True)
     loss = pose_loss(zero, uvz, visible)
@@ -96,4 +96,24 @@ def test_pose_loss_known_values_and_weights():
     # A prediction that is wrong only on the invisible joint costs nothing.
     wrong = gt.clone()
     wrong[0, 1] = 5.0
-    assert pose_loss(wrong, uvz, visible).item() == 0.0
+    assert pose_loss(wrong, uvz, visible).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_pose_loss_equals_the_plain_expression_and_its_gradient():
+    """The fused loss (no stored target volume) against the textbook form, value and gradient."""
+    g = torch.Generator().manual_seed(3)
+    shape = (6, 9, 11)
+    uvz = torch.cat([random_inside(5, shape, g), torch.tensor([[[30.0, 2.0, 2.0]]])], dim=1).repeat(2, 1, 1)
+    uvz[1] += 0.7
+    visible = torch.tensor([[1, 1, 0, 1, 1, 1], [1, 0, 1, 1, 1, 1]], dtype=torch.bool)
+    for sigma in (1.5, 2.0):
+        heatmaps = torch.randn(2, 6, *shape, generator=g, requires_grad=True)
+        fused = pose_loss(heatmaps, uvz, visible, sigma)
+        (grad_fused,) = torch.autograd.grad(fused, heatmaps)
+        gt = render_heatmaps(uvz, shape, sigma)
+        plain = (((heatmaps - gt) ** 2).mean(dim=(2, 3, 4)) * joint_weights(uvz, visible, shape)).mean()
+        (grad_plain,) = torch.autograd.grad(plain, heatmaps)
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(grad_fused, grad_plain, rtol=1e-5, atol=1e-9)
+        assert torch.all(grad_fused[:, 2][0] == 0) and torch.all(grad_fused[1, 1] == 0)   # invisible joints
+        assert torch.all(grad_fused[:, 5] == 0)                                           # outside the volume
