@@ -22,6 +22,10 @@ Public API
     finetune_loss(pose_loss, ar_loss, lambda_ar) -> pose_loss + lambda_ar * ar_loss
     LAMBDA_AR = {"hand": 100.0, "body": 10.0}
     load_pretrained(model, checkpoint, frozen=None, allow_missing=False) -> LoadReport
+        checkpoint: this project's run/tag directory or .pt, or a released MAE / timm / ViTPose
+        file (trainer.official_weights); the report says what was loaded, ignored, and what was
+        done with the position embedding
+    load_mae_init(mae, checkpoint) -> LoadReport      trainer pretrain --init (decoder included)
     read_module_state_dict(checkpoint) -> dict    a .pt file or a DeepSpeed checkpoint directory
     CheckpointError (ValueError)
 """
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trainer.vit import ViTEncoder
+from trainer.vit import ViTEncoder, sincos_pos_embed_2d
 
 LAMBDA_AR = {"hand": 100.0, "body": 10.0}
 # Keys of a pre-training checkpoint that the pose model does not use (MAE's decoder), and of a
@@ -139,18 +143,26 @@ class CheckpointError(ValueError):
 @dataclass
 class LoadReport:
     checkpoint: str
-    loaded: list[str] = field(default_factory=list)      # encoder keys copied
-    missing: list[str] = field(default_factory=list)     # encoder keys the checkpoint lacks
-    ignored: list[str] = field(default_factory=list)     # pre-training-only keys (decoder, mask token, head)
+    format: str = "posemae"                               # trainer.official_weights formats
+    loaded: list[str] = field(default_factory=list)      # tensors copied (encoder.*, and the decoder's for MAE)
+    missing: list[str] = field(default_factory=list)     # model tensors the checkpoint lacks
+    ignored: list[str] = field(default_factory=list)     # pre-training-only or foreign heads, not used
     unexpected: list[str] = field(default_factory=list)  # anything else in the checkpoint
+    position: str = ""                                   # what was done with the position embedding
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self):
-        lines = [f"loaded {len(self.loaded)} encoder tensors from {self.checkpoint}"]
+        encoder = sum(k.startswith("encoder.") for k in self.loaded)
+        decoder = f" and {len(self.loaded) - encoder} decoder tensors" if len(self.loaded) > encoder else ""
+        lines = [f"loaded {encoder} encoder tensors{decoder} from {self.checkpoint} [{self.format}]"]
+        if self.position:
+            lines.append(f"  position embedding: {self.position}")
         for name, keys in (("missing (left at initialisation)", self.missing),
-                           ("ignored (pre-training only)", self.ignored), ("unexpected", self.unexpected)):
+                           ("ignored (not used by this model)", self.ignored), ("unexpected", self.unexpected)):
             if keys:
                 shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
                 lines.append(f"  {name}: {shown}")
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -181,48 +193,143 @@ def read_module_state_dict(checkpoint: str | os.PathLike) -> dict:
     return state
 
 
-def load_pretrained(model: PoseModel, checkpoint, frozen: FrozenAttentionNet | None = None,
-                    allow_missing: bool = False) -> LoadReport:
-    """Copy the `encoder.*` weights of a pre-training (MAE) or pose checkpoint into model.encoder
-    and, when given, into the frozen attention network. Raises CheckpointError naming the file
-    when the checkpoint is of another model: no encoder weights, encoder tensors of other shapes
-    or other blocks (another ViT size), or encoder tensors missing (unless allow_missing)."""
-    state = read_module_state_dict(checkpoint)
-    where = os.fspath(checkpoint)
-    report = LoadReport(checkpoint=where)
+def _grid_text(grid) -> str:
+    return f"{grid[0]}x{grid[1]}"
+
+
+def _position_embedding(encoder: ViTEncoder, converted, encoder_state: dict) -> str:
+    """Put the checkpoint's position embedding where this encoder wants it (see
+    trainer.official_weights); returns what was done, for the load report."""
+    from timm.layers import resample_abs_pos_embed
+    grid = tuple(encoder.patch_embed.grid_size)
+    if converted.pos_embed is None:   # our own checkpoints: a learned one is among the encoder keys
+        if encoder.learned_pos_embed:
+            return "learned, loaded from the checkpoint" if "pos_embed" in encoder_state else "learned, not in the checkpoint"
+        return f"fixed 2D sin-cos for the {_grid_text(grid)} grid"
+    source = converted.grid
+    if not encoder.learned_pos_embed:
+        if converted.pos_kind == "learned":
+            raise CheckpointError(
+                f"{converted.path} has a learned position embedding ({converted.format}); this encoder keeps MAE's "
+                "fixed sin-cos one. trainer finetune builds a learned one for such checkpoints by itself; "
+                "pre-training keeps the fixed sin-cos embedding, so start it from an MAE checkpoint")
+        return (f"fixed 2D sin-cos, unchanged: the checkpoint's {_grid_text(source)} embedding is the sin-cos one, "
+                f"recomputed for this model's {_grid_text(grid)} grid (not interpolated)")
+    if converted.pos_kind == "sincos":
+        encoder_state["pos_embed"] = sincos_pos_embed_2d(converted.pos_embed.shape[-1], grid)[None]
+        return (f"learned, initialised to the sin-cos embedding of the {_grid_text(grid)} grid (the checkpoint's "
+                f"{_grid_text(source)} one is sin-cos)")
+    if source == grid:
+        encoder_state["pos_embed"] = converted.pos_embed
+        return f"learned, loaded as is ({_grid_text(grid)})"
+    encoder_state["pos_embed"] = resample_abs_pos_embed(converted.pos_embed, new_size=list(grid), old_size=list(source),
+                                                        num_prefix_tokens=1)
+    return f"learned, interpolated (bicubic) from the checkpoint's {_grid_text(source)} grid to {_grid_text(grid)}"
+
+
+def _encoder_state(encoder: ViTEncoder, converted, report: LoadReport, allow_missing: bool,
+                   other_prefixes=PRETRAIN_ONLY_PREFIXES) -> dict:
+    """The checkpoint's encoder tensors in encoder.state_dict() naming, checked against the
+    encoder: one CheckpointError naming the file for another model (no encoder weights, other
+    widths, other blocks, tensors missing unless allow_missing)."""
+    where = converted.path
     encoder_state = {}
-    for key, value in state.items():
+    for key, value in converted.state.items():
         if key.startswith("encoder."):
             encoder_state[key[len("encoder."):]] = value
-        elif key.startswith(PRETRAIN_ONLY_PREFIXES):
+        elif key.startswith(other_prefixes):
             report.ignored.append(key)
         else:
             report.unexpected.append(key)
     if not encoder_state:
-        raise CheckpointError(f"{where} has no 'encoder.*' weights: not a pre-training or pose checkpoint "
-                              f"(first keys: {', '.join(list(state)[:5])})")
+        raise CheckpointError(f"{where} has no 'encoder.*' weights: not a pre-training or pose checkpoint, nor "
+                              "a released MAE ({'model': ...}), timm ViT or ViTPose ({'state_dict': backbone.*}) "
+                              f"file (first keys: {', '.join(list(converted.state)[:5])})")
+    report.position = _position_embedding(encoder, converted, encoder_state)
 
-    expected = model.encoder.state_dict()
+    expected = encoder.state_dict()
     foreign = sorted(set(encoder_state) - set(expected))
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
                   for k, v in encoder_state.items() if k in expected and v.shape != expected[k].shape]
-    report.missing = sorted(f"encoder.{k}" for k in set(expected) - set(encoder_state))
+    absent = set(expected) - set(encoder_state)
+    report.missing = sorted(f"encoder.{k}" for k in absent)
+    # A ViTPose backbone has no class token by design: not a sign of another model.
+    required = absent - ({"cls_token"} if converted.format == "vitpose" else set())
     problems = []
     if mismatched:
         problems.append("shape mismatch: " + "; ".join(mismatched[:6]))
     if foreign:
         problems.append("encoder tensors this model does not have: " + ", ".join(foreign[:6]))
-    if report.missing and not allow_missing:
-        problems.append("encoder tensors missing from the checkpoint: " + ", ".join(report.missing[:6]))
+    if required and not allow_missing:
+        problems.append("encoder tensors missing from the checkpoint: "
+                        + ", ".join(sorted(f"encoder.{k}" for k in required)[:6]))
     if problems:
-        width = encoder_state["cls_token"].shape[-1] if "cls_token" in encoder_state else "?"
+        width = encoder_state["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in encoder_state else "?"
         depth = len({k.split(".")[1] for k in encoder_state if k.startswith("blocks.")})
         raise CheckpointError(
             f"{where} does not fit this encoder (checkpoint: width {width}, {depth} blocks; "
-            f"model: width {model.encoder.embed_dim}, {model.encoder.depth} blocks): " + " | ".join(problems))
+            f"model: width {encoder.embed_dim}, {encoder.depth} blocks): " + " | ".join(problems))
+    return encoder_state
 
-    model.encoder.load_state_dict(encoder_state, strict=not allow_missing)
+
+def load_pretrained(model: PoseModel, checkpoint, frozen: FrozenAttentionNet | None = None,
+                    allow_missing: bool = False) -> LoadReport:
+    """Copy the encoder weights of a checkpoint into model.encoder and, when given, into the
+    frozen attention network: this project's pre-training (MAE) or pose checkpoints, or the
+    released MAE, timm and ViTPose files (trainer.official_weights converts them; position
+    embeddings as described there). Decoders and foreign heads are ignored. Raises
+    CheckpointError naming the file when the checkpoint is of another model: no encoder weights,
+    encoder tensors of other shapes or other blocks (another ViT size), or encoder tensors
+    missing (unless allow_missing)."""
+    from trainer.official_weights import read_checkpoint
+    converted = read_checkpoint(checkpoint)
+    report = LoadReport(checkpoint=converted.path, format=converted.format, ignored=list(converted.ignored),
+                        notes=list(converted.notes))
+    encoder_state = _encoder_state(model.encoder, converted, report, allow_missing)
+    model.encoder.load_state_dict(encoder_state, strict=False)
     if frozen is not None:
         frozen.encoder.load_state_dict(model.encoder.state_dict())
     report.loaded = sorted(f"encoder.{k}" for k in encoder_state)
+    return report
+
+
+# MaskedAutoencoder keys outside the encoder: the decoder (its position embedding is a fixed buffer).
+DECODER_PREFIXES = ("decoder_", "mask_token")
+
+
+def load_mae_init(mae, checkpoint) -> LoadReport:
+    """`trainer pretrain --init`: continue pre-training from a checkpoint (Facebook's MAE
+    releases, timm's MAE weights, or this project's own pre-training). The encoder as in
+    load_pretrained; the decoder too when the checkpoint has one (MAE's *_full and visualize
+    files), which must then match --decoder-dim/--decoder-depth exactly; without one the decoder
+    starts from its initialisation (the report says so)."""
+    from trainer.official_weights import read_checkpoint
+    converted = read_checkpoint(checkpoint)
+    report = LoadReport(checkpoint=converted.path, format=converted.format, ignored=list(converted.ignored),
+                        notes=list(converted.notes))
+    encoder_state = _encoder_state(mae.encoder, converted, report, allow_missing=False,
+                                   other_prefixes=DECODER_PREFIXES + ("head.",))
+    decoder_state = {k: v for k, v in converted.state.items() if k.startswith(DECODER_PREFIXES)}
+    report.ignored = [k for k in report.ignored if k not in decoder_state]
+    expected = {k: v for k, v in mae.state_dict().items() if not k.startswith("encoder.")}
+    if decoder_state:
+        depth = len({k.split(".")[1] for k in decoder_state if k.startswith("decoder_blocks.")})
+        width = decoder_state["decoder_embed.weight"].shape[0] if "decoder_embed.weight" in decoder_state else "?"
+        wrong = sorted(set(decoder_state) ^ set(expected)) + [
+            k for k in decoder_state if k in expected and decoder_state[k].shape != expected[k].shape]
+        if wrong:
+            raise CheckpointError(
+                f"{converted.path}: its decoder (width {width}, {depth} blocks) does not fit this model's "
+                f"(width {mae.decoder_embed.out_features}, {len(mae.decoder_blocks)} blocks): pass "
+                f"--decoder-dim {width} --decoder-depth {depth} (MAE's released decoders have 16 heads) "
+                f"[{', '.join(wrong[:4])}]")
+        report.notes.append(f"decoder loaded: width {width}, {depth} blocks; its position embedding is the fixed "
+                            "sin-cos one of this model's grid")
+    else:
+        report.missing += sorted(expected)
+        report.notes.append("no decoder in the checkpoint: the decoder starts from its initialisation")
+    mae.encoder.load_state_dict(encoder_state, strict=False)
+    if decoder_state:
+        mae.load_state_dict(decoder_state, strict=False)
+    report.loaded = sorted([f"encoder.{k}" for k in encoder_state] + list(decoder_state))
     return report

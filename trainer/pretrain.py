@@ -10,6 +10,10 @@ The paper's ablations are switches:
     --no-backgrounds     no background replacement ("w/o unconstrained set")
     --mask-ratio, --tau  Tables 9 and the mask-ratio ablation
     (no --target)        source-only pre-training
+    --init CKPT          continue from weights instead of a random start (beyond the paper, often
+                         the practical choice): Facebook's MAE releases (mae_pretrain_vit_base_full.pth
+                         carries the decoder too: pass --decoder-dim 512 --decoder-depth 8), timm's
+                         vit_*.mae (.pth or .safetensors), or one of this project's pre-training runs
 
     trainer pretrain --source shards/freihand/train --target shards/rhd-masked/train \
         --backgrounds shards/imagenet/val --run-dir runs/pre
@@ -23,7 +27,7 @@ Public API
     pretrain(source, target, backgrounds, *, settings, model="base", input_size=256, patch_size=16,
              mask_ratio=0.75, tau=4.0, use_fcr=True, use_target_masks=True, use_backgrounds=True,
              p_bg=0.5, target_fraction=None, norm_pix_loss=True, decoder_dim=512, decoder_depth=1,
-             decoder_heads=16, augment=True) -> summary dict
+             decoder_heads=16, augment=True, init=None) -> summary dict
     mae_kwargs(model, input_size, patch_size, decoder_dim, decoder_depth, decoder_heads) -> dict
 """
 from __future__ import annotations
@@ -40,6 +44,7 @@ from shards.schema import SampleError
 from trainer import engine
 from trainer.engine import ConfigError, StepOutput
 from trainer.mae import MaskedAutoencoder
+from trainer.pose import load_mae_init
 from trainer.report import attention_colours
 from trainer.vit import VIT_SIZES, vit_config
 
@@ -94,7 +99,8 @@ def pretrain(source, target, backgrounds, *, settings: engine.TrainSettings, mod
              input_size: int = 256, patch_size: int = 16, mask_ratio: float = 0.75, tau: float = 4.0,
              use_fcr: bool = True, use_target_masks: bool = True, use_backgrounds: bool = True,
              p_bg: float = 0.5, target_fraction: float | None = None, norm_pix_loss: bool = True,
-             decoder_dim: int = 512, decoder_depth: int = 1, decoder_heads: int = 16, augment: bool = True) -> dict:
+             decoder_dim: int = 512, decoder_depth: int = 1, decoder_heads: int = 16, augment: bool = True,
+             init: str | None = None) -> dict:
     if not 0.0 < mask_ratio < 1.0:
         raise ConfigError(f"--mask-ratio must be in (0, 1), got {mask_ratio}")
     if use_backgrounds and backgrounds is None:
@@ -105,7 +111,7 @@ def pretrain(source, target, backgrounds, *, settings: engine.TrainSettings, mod
                    patch_size=patch_size, mask_ratio=mask_ratio, tau=tau, use_fcr=use_fcr,
                    use_target_masks=use_target_masks, use_backgrounds=use_backgrounds,
                    p_bg=p_bg if use_backgrounds else 0.0, target_fraction=target_fraction,
-                   norm_pix_loss=norm_pix_loss, augment=augment)
+                   norm_pix_loss=norm_pix_loss, augment=augment, init=None if init is None else str(init))
     run = engine.start_run(STAGE, settings, options, {"class": "MaskedAutoencoder", **architecture})
     try:
         loader = pretrain_loader(source, target, backgrounds if use_backgrounds else None,
@@ -125,6 +131,11 @@ def pretrain(source, target, backgrounds, *, settings: engine.TrainSettings, mod
             click.echo(f"warning: {warning}", err=True)
     torch.manual_seed(settings.seed)
     mae = MaskedAutoencoder(**architecture, norm_pix_loss=norm_pix_loss, tau=tau, use_fcr=use_fcr)
+    if init is not None and run.resume_tag is None:  # a resumed run loads its own checkpoint instead
+        report = load_mae_init(mae, init)
+        run.log({"event": "init", "checkpoint": report.checkpoint, "format": report.format, "report": str(report)})
+        if run.dist.is_main:
+            click.echo(str(report), err=True)
     weight_decay = run.ds_config["optimizer"]["params"].get("weight_decay", 0.0)
 
     def step(model_engine, batches):
@@ -163,6 +174,8 @@ def pretrain(source, target, backgrounds, *, settings: engine.TrainSettings, mod
 @click.option("--decoder-depth", type=int, default=1, show_default=True)
 @click.option("--decoder-heads", type=int, default=16, show_default=True)
 @click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option("--init", default=None, help="start from these weights: an MAE release (.pth; *_full includes the "
+              "decoder), timm's vit_*.mae (.pth/.safetensors) or a pre-training run directory")
 @engine.training_options(epochs=800, warmup_epochs=40, checkpoint_every=1000, figure_every=1000)
 @engine.clear_errors
 def cli(**options):

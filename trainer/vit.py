@@ -15,7 +15,9 @@ MAE's fixed 2D sin-cos position embedding, plus the two things this method needs
 Public API
     vit_config(name) -> dict                       "tiny" | "small" | "base" | "large"
     ViTEncoder(img_size=256, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
-               mlp_ratio=4.0, drop_path_rate=0.0)
+               mlp_ratio=4.0, drop_path_rate=0.0, learned_pos_embed=False)
+        learned_pos_embed: a trainable position embedding (initialised to the sin-cos one, in the
+        state dict as `pos_embed`) for weights trained with one (ViTPose; trainer.official_weights)
         .forward(images (B,3,H,W)) -> tokens (B, 1+N, C)          class token first, after norm
         .forward_with_cls_attention(images) -> (tokens, attn (B, depth, N)) float32
         .embed_patches(images) -> (B, N, C);  .encode_tokens(patch_tokens (B, n, C)) -> (B, 1+n, C)
@@ -91,16 +93,20 @@ def cls_attention_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
 
 class ViTEncoder(nn.Module):
     def __init__(self, img_size=256, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
-                 mlp_ratio=4.0, drop_path_rate=0.0):
+                 mlp_ratio=4.0, drop_path_rate=0.0, learned_pos_embed=False):
         super().__init__()
         self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
+        self.learned_pos_embed = learned_pos_embed
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         # Fixed, recomputed from the configuration: a buffer outside the state dict (MAE keeps a
         # frozen Parameter; nothing to learn, nothing to save).
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, self.patch_embed.grid_size)[None],
-                             persistent=False)
+        sincos = sincos_pos_embed_2d(embed_dim, self.patch_embed.grid_size)[None]
+        if learned_pos_embed:  # weights that were trained with a learned one (ViTPose) keep theirs
+            self.pos_embed = nn.Parameter(sincos)
+        else:
+            self.register_buffer("pos_embed", sincos, persistent=False)
         drop_path = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # stochastic depth grows with depth
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=drop_path[i],
@@ -162,7 +168,7 @@ class ViTEncoder(nn.Module):
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (100000,))])
 
     def no_weight_decay(self) -> set:
-        return {"cls_token"}
+        return {"cls_token", "pos_embed"} if self.learned_pos_embed else {"cls_token"}
 
 
 def init_linear_and_layernorm(m: nn.Module):
