@@ -23,6 +23,7 @@ import scipy.io
 from shards.schema import JOINT_ORDERS, Sample, SampleError
 
 from .common import Crop, crop_around, load_pickle
+from .lens import Distortion, undistorted_crop
 
 H36M17 = JOINT_ORDERS["h36m17"]
 SMPL24 = ("pelvis", "l_hip", "r_hip", "spine1", "l_knee", "r_knee", "spine2", "l_ankle", "r_ankle", "spine3",
@@ -73,11 +74,13 @@ def forward_direction(j17: np.ndarray) -> np.ndarray:
 
 
 def crop_sample(crop: Crop, key: str, image: np.ndarray, joints: np.ndarray, uv: np.ndarray, camera,
-                meta: dict, mask: np.ndarray | None = None) -> Sample:
+                meta: dict, mask: np.ndarray | None = None, distort: Distortion | None = None) -> Sample:
     """The stored body sample: image, camera-frame joints (mm) and their projection `uv`
     (original pixels, pinhole `camera` = fx, fy, cx, cy) taken through `crop`; every joint
-    labelled. `mask` is already cropped."""
-    return Sample(key=key, image=crop.image(image), mask=mask, joints3d_mm=crop.points3d(joints),
+    labelled. `mask` is already cropped. With `distort` (the lens model of the original image)
+    the crop is resampled to the pinhole camera (dataprep.lens)."""
+    cropped = crop.image(image) if distort is None else undistorted_crop(image, crop, distort)
+    return Sample(key=key, image=cropped, mask=mask, joints3d_mm=crop.points3d(joints),
                   joints2d_px=crop.points(uv), visible=np.ones(len(joints), bool),
                   intrinsics=crop.intrinsics(*camera), meta=meta)
 

@@ -12,11 +12,16 @@ Extracted frames (anibali/h36m-fetch's process_all.py):
                                                                   camera, intrinsics/<camid> (fitted to D2)
 <root>/processed/<S>/<ActionName>-<subaction>/imageSequence/<camid>/img_%06d.jpg
 
-Cameras: the crop camera is the pinhole part (fx, fy, cx, cy) of the public per-camera constants
-(metadata.xml's `w0`, 9 numbers per camera from index 264; built in below, or read from
-metadata.xml). Lens distortion is NOT removed from the images: joints2d = pinhole projection of
-D3_Positions_mono, which sits a few pixels from the distorted D2_Positions near the image
-border (recorded per sample as d2_vs_pinhole_px when D2 is present).
+Cameras: the public per-camera constants (metadata.xml's `w0`, 9 numbers per camera from index
+264: fx, fy, cx, cy, k1, k2, k3, p1, p2; built in below, or read from metadata.xml). The released
+D2_Positions are the lens-distorted projection of D3_Positions_mono (the dataset's own
+radial-tangential model, see `Camera.distort`), up to 2.4 px from the pinhole projection near
+the image centre and more at the border. By default (--undistort) crops are resampled through
+that model (dataprep.lens), so the crop camera is the exact pinhole part of the constants and
+joints2d = its projection of the 3D joints lies on the image content; masks go the same way.
+Per sample, d2_undistorted_vs_pinhole_px records how far the undistorted D2 lies from the
+pinhole projection (0 up to rounding when the model and cameras are right). --no-undistort keeps
+the old crops (distortion left in; d2_vs_pinhole_px recorded instead).
 Video frames are decoded in order, one chunk of frames per work item (--frames-per-item).
 """
 from __future__ import annotations
@@ -36,6 +41,7 @@ from shards.schema import SampleError
 from .bodies import (body_crop, crop_sample, in_front, key_part, mat73_dataset,
                      open_mat73, pinhole)
 from .common import check_array, conversion_options, convert_split, driver_kwargs, load_rgb
+from .lens import undistort_points, undistorted_mask
 from .video import video_frames
 
 TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
@@ -71,10 +77,25 @@ class Camera:
     fy: float
     cx: float
     cy: float
-    distortion: tuple   # k1, k2, k3, two tangential (metadata.xml order); not applied
+    distortion: tuple   # k1, k2, k3, p1, p2 (metadata.xml order)
 
     def manifest(self) -> dict:
-        return {"fx": self.fx, "fy": self.fy, "cx": self.cx, "cy": self.cy, "distortion_not_applied": list(self.distortion)}
+        return {"fx": self.fx, "fy": self.fy, "cx": self.cx, "cy": self.cy, "distortion_k1_k2_k3_p1_p2": list(self.distortion)}
+
+    def distort(self, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ideal pinhole pixels -> where the lens imaged them, and whether the model is one-to-one
+        there. Human3.6M's own model (its ProjectPointRadial; Martinez et al.'s
+        project_point_radial), which is not OpenCV's: the tangential part is
+        x (p1 y + p2 x) + p2 r^2 for x and y (p1 y + p2 x) + p1 r^2 for y."""
+        k1, k2, k3, p1, p2 = self.distortion
+        x, y = (uv[..., 0] - self.cx) / self.fx, (uv[..., 1] - self.cy) / self.fy
+        r2 = x * x + y * y
+        radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        tan = p1 * y + p2 * x
+        xd, yd = x * (radial + tan) + p2 * r2, y * (radial + tan) + p1 * r2
+        # beyond the radius where r * radial(r) stops growing the model folds back
+        ok = 1 + r2 * (3 * k1 + r2 * (5 * k2 + r2 * 7 * k3)) > 0
+        return np.stack([self.fx * xd + self.cx, self.fy * yd + self.cy], axis=-1), ok
 
 
 def cameras_from_constants() -> dict[str, Camera]:
@@ -137,6 +158,19 @@ def read_pose_cdf(path: Path, width: int, sample: str | None) -> np.ndarray:
     return pose.reshape(-1, 32, dim)
 
 
+# -- lens ----------------------------------------------------------------------------------------
+INTRINSICS_MODEL = {True: "pinhole part of the camera; crops undistorted with its k1-k3, p1-p2",
+                    False: "pinhole part of the camera; lens distortion left in the crops"}
+
+
+def d2_check(d2: np.ndarray, uv: np.ndarray, distort) -> dict:
+    """How far the released D2 (distorted) labels lie from our pinhole projection `uv`: after
+    undistorting them when the crops are undistorted, as they are otherwise."""
+    if distort is None:
+        return {"d2_vs_pinhole_px": round(float(np.abs(d2 - uv).max()), 3)}
+    return {"d2_undistorted_vs_pinhole_px": round(float(np.abs(undistort_points(d2, distort) - uv).max()), 4)}
+
+
 # -- original release --------------------------------------------------------------------------
 def original_items(root: Path, subjects: list[str], cameras: list[str], exclude: set[str], stride: int,
                    frames_per_item: int) -> tuple[list, list]:
@@ -156,7 +190,7 @@ def original_items(root: Path, subjects: list[str], cameras: list[str], exclude:
 
 
 def make_samples_original(item, *, root: Path, split: str, stride: int, cameras: dict, use_masks: bool,
-                          crop_size: int, context: float):
+                          crop_size: int, context: float, undistort: bool = True):
     subject, base, cam_id, first, stop = item
     cam: Camera = cameras[cam_id]
     seq_key = f"h36m_{split}_{subject}_{key_part(base)}_{cam_id}"
@@ -180,6 +214,7 @@ def make_samples_original(item, *, root: Path, split: str, stride: int, cameras:
             in_front(joints, cdf_path, key)
             uv = pinhole(joints, cam.fx, cam.fy, cam.cx, cam.cy)
             crop = body_crop(uv, crop_size, context)
+            distort = cam.distort if undistort else None
             mask = None
             if refs is not None:
                 if f >= len(refs):
@@ -191,18 +226,19 @@ def make_samples_original(item, *, root: Path, split: str, stride: int, cameras:
                 if m.shape != image.shape[:2]:
                     raise SampleError(f"mask {f} is {m.shape[::-1]} but the video frame {image.shape[1::-1]}",
                                       file=str(mask_path), sample=key)
-                mask = crop.mask(np.where(m > 0, 255, 0).astype(np.uint8))
+                m = np.where(m > 0, 255, 0).astype(np.uint8)
+                mask = crop.mask(m) if distort is None else undistorted_mask(m, crop, distort)
             extra = {}
             if d2 is not None and f < len(d2):
-                extra["d2_vs_pinhole_px"] = round(float(np.abs(d2[f][H36M32_TO_H36M17] - uv).max()), 3)
+                extra.update(d2_check(d2[f][H36M32_TO_H36M17], uv, distort))
             yield crop_sample(
                 crop, key, image, joints, uv, (cam.fx, cam.fy, cam.cx, cam.cy),
-                mask=mask,
+                mask=mask, distort=distort,
                 meta={"dataset": "h36m", "split": split, "layout": "original", "source": str(video.relative_to(root)),
                       "annotation": str(cdf_path.relative_to(root)), "subject": subject, "sequence": base,
                       "camera": cam_id, "frame": f, "image_size": [image.shape[1], image.shape[0]],
                       "joint_order": "h36m17", "root_index": 0, "root_kind": "pelvis",
-                      "intrinsics_model": "pinhole part, lens distortion not removed", **extra, **crop.meta()},
+                      "intrinsics_model": INTRINSICS_MODEL[undistort], **extra, **crop.meta()},
             )
     finally:
         if mask_file is not None:
@@ -245,7 +281,7 @@ def load_extracted(root: Path, subjects: list[str], cameras: list[str], stride: 
 
 
 def make_samples_extracted(item, *, root: Path, split: str, annots: dict, cameras: dict, intrinsics: str,
-                           crop_size: int, context: float):
+                           crop_size: int, context: float, undistort: bool = True):
     subject, action, row = item
     joints_all, frames, cams, fitted = annots[(subject, action)]
     frame, cam_id = int(frames[row]), str(cams[row])
@@ -254,6 +290,7 @@ def make_samples_extracted(item, *, root: Path, split: str, annots: dict, camera
     image_path = root / subject / action / "imageSequence" / cam_id / f"img_{frame:06d}.jpg"
     joints = check_array(joints_all[row], (17, 3), f"pose/3d row {row}", annot, key)
     in_front(joints, annot, key)
+    distort = None
     if intrinsics == "annot":
         if cam_id not in fitted or fitted[cam_id].shape != (4,):
             raise SampleError(f"annot.h5 lacks intrinsics/{cam_id} (alpha_x, x_0, alpha_y, y_0)", file=str(annot), sample=key)
@@ -261,17 +298,18 @@ def make_samples_extracted(item, *, root: Path, split: str, annots: dict, camera
     else:
         cam = cameras[cam_id]
         fx, fy, cx, cy = cam.fx, cam.fy, cam.cx, cam.cy
+        distort = cam.distort if undistort else None
     uv = pinhole(joints, fx, fy, cx, cy)
     image = load_rgb(image_path, key)
     crop = body_crop(uv, crop_size, context)
     yield crop_sample(
-        crop, key, image, joints, uv, (fx, fy, cx, cy),
+        crop, key, image, joints, uv, (fx, fy, cx, cy), distort=distort,
         meta={"dataset": "h36m", "split": split, "layout": "extracted", "source": str(image_path.relative_to(root)),
               "annotation": str(annot.relative_to(root)), "annotation_row": row, "subject": subject,
               "sequence": action, "camera": cam_id, "frame": frame - 1, "image_size": [image.shape[1], image.shape[0]],
               "joint_order": "h36m17", "root_index": 0, "root_kind": "pelvis",
-              "intrinsics_model": "pinhole " + ("fitted by h36m-fetch (annot.h5)" if intrinsics == "annot" else
-                                               "part of the camera constants") + ", lens distortion not removed",
+              "intrinsics_model": ("pinhole fitted by h36m-fetch (annot.h5); lens distortion left in the crops"
+                                   if intrinsics == "annot" else INTRINSICS_MODEL[distort is not None]),
               **crop.meta()},
     )
 
@@ -312,13 +350,16 @@ def detect_layout(src_root: Path) -> str:
               help="original layout: crop MySegmentsMat/ground_truth_bs masks when present")
 @click.option("--intrinsics", type=click.Choice(["constants", "annot"]), default="constants", show_default=True,
               help="extracted layout: camera constants, or the intrinsics h36m-fetch fitted into annot.h5")
+@click.option("--undistort/--no-undistort", default=True, show_default=True,
+              help="resample crops (and masks) through the cameras' lens model so the crop camera is an exact "
+                   "pinhole; --no-undistort leaves the distortion in (not applied with --intrinsics annot)")
 @conversion_options
 def cli(src_root, out_dir, layout, splits, train_subjects, test_subjects, cameras, train_stride, test_stride,
-        frames_per_item, exclude, metadata_xml, masks, intrinsics, crop_size, context, **kw):
+        frames_per_item, exclude, metadata_xml, masks, intrinsics, undistort, crop_size, context, **kw):
     """Human3.6M (original release or h36m-fetch frames) -> OUT_DIR/{train,test}/ shards.
 
-    h36m17 joints in camera-frame millimetres from D3_Positions_mono; crops around the body;
-    pinhole part of the camera (distortion not removed); background-subtraction masks when present."""
+    h36m17 joints in camera-frame millimetres from D3_Positions_mono; crops around the body,
+    undistorted to the pinhole part of the camera; background-subtraction masks when present."""
     if layout == "auto":
         layout = detect_layout(src_root)
     wanted_cams = split_list(cameras)
@@ -350,20 +391,21 @@ def cli(src_root, out_dir, layout, splits, train_subjects, test_subjects, camera
             if layout == "original":
                 items, used = original_items(root, present, wanted_cams, excluded, stride, frames_per_item)
                 make = functools.partial(make_samples_original, root=root, split=split, stride=stride, cameras=cams,
-                                         use_masks=masks, crop_size=crop_size, context=context)
+                                         use_masks=masks, crop_size=crop_size, context=context, undistort=undistort)
                 layout_extra = {"sequences": used, "exclude": sorted(excluded), "frames_per_item": frames_per_item,
                                 "joint_source": "MyPoseFeatures/D3_Positions_mono",
                                 "masks": "MySegmentsMat/ground_truth_bs when present" if masks else "off",
-                                "camera_model": "pinhole part of metadata.xml/w0 constants; distortion not removed"}
+                                "camera_model": "metadata.xml/w0 constants; " + INTRINSICS_MODEL[undistort]}
             else:
                 annots, items = load_extracted(root, present, wanted_cams, stride)
                 make = functools.partial(make_samples_extracted, root=root, split=split, annots=annots, cameras=cams,
-                                         intrinsics=intrinsics, crop_size=crop_size, context=context)
+                                         intrinsics=intrinsics, crop_size=crop_size, context=context,
+                                         undistort=undistort)
                 layout_extra = {"sequences": sorted(f"{s}/{a}" for s, a in annots), "masks": "none in this layout",
                                 "joint_source": "annot.h5 pose/3d (h36m-fetch's copy of D3_Positions_mono)",
                                 "intrinsics": intrinsics,
-                                "camera_model": ("pinhole fitted by h36m-fetch" if intrinsics == "annot" else
-                                                 "pinhole part of metadata.xml/w0 constants") + "; distortion not removed"}
+                                "camera_model": "pinhole fitted by h36m-fetch; lens distortion left in the crops"
+                                if intrinsics == "annot" else "metadata.xml/w0 constants; " + INTRINSICS_MODEL[undistort]}
         except SampleError as e:
             raise click.ClickException(str(e))
         if not items:
@@ -376,6 +418,7 @@ def cli(src_root, out_dir, layout, splits, train_subjects, test_subjects, camera
                                           "camera_source": str(metadata_xml) if metadata_xml else "built-in constants",
                                           "stride": stride, "joint_map": f"h36m32 -> h36m17 {H36M32_TO_H36M17.tolist()}",
                                           "crop_size": crop_size, "context": context,
+                                          "undistorted": undistort and not (layout == "extracted" and intrinsics == "annot"),
                                           **layout_extra},
                           **driver_kwargs(**kw))
         click.echo(f"h36m/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

@@ -14,8 +14,8 @@ Camera-frame millimetres: 10 * (R X + t). Left hands are mirrored to right.
 
 Lens distortion: the HD cameras follow OpenCV's 5-coefficient model. The stored crop is
 *undistorted*: every crop pixel is mapped back through the pinhole crop camera, distorted with
-the calibration's coefficients and sampled from the original image (bilinear remap, numpy +
-scipy). So the crop is an ideal pinhole image, `intrinsics` are the calibration's pinhole K
+the calibration's coefficients and sampled from the original image (dataprep.lens). So the crop
+is an ideal pinhole image, `intrinsics` are the calibration's pinhole K
 carried through the crop, and projecting `joints3d_mm` with them gives `joints2d_px` exactly.
 Calibration K uses OpenCV's pixel-centre convention; the crops use pixel corners (as PIL and
 DALI do), so cx, cy are shifted by +0.5 on the way.
@@ -36,11 +36,11 @@ from pathlib import Path
 
 import click
 import numpy as np
-from scipy import ndimage
 
 from shards.schema import Sample, SampleError
 
 from .common import conversion_options, convert_split, crop_around, driver_kwargs, load_rgb
+from .lens import undistorted_crop
 
 # Range-of-motion sequences Monocular Total Capture held out; everything else is train.
 TEST_SEQUENCES = ("171204_pose5", "171204_pose6")
@@ -191,20 +191,12 @@ def read_hands(path: Path, sample: str) -> list[Hand3D]:
     return hands
 
 
-def undistorted_crop(image: np.ndarray, crop, cam: Camera) -> np.ndarray:
-    """The crop as an ideal pinhole camera would see it: crop pixel centre -> original
-    undistorted pixel (inverse crop affine) -> lens distortion -> bilinear sample."""
-    inv = np.linalg.inv(np.vstack([crop.matrix, [0.0, 0.0, 1.0]]))
-    jj, ii = np.meshgrid(np.arange(crop.size) + 0.5, np.arange(crop.size) + 0.5)
-    uv = np.stack([inv[0, 0] * jj + inv[0, 1] * ii + inv[0, 2],
-                   inv[1, 0] * jj + inv[1, 1] * ii + inv[1, 2]], axis=-1) - 0.5   # -> OpenCV convention
-    src, ok = cam.distort_pixels(uv)
-    src[~ok] = -1e6                        # folded region: outside, filled with black
-    coords = [src[..., 1], src[..., 0]]    # OpenCV pixel (u, v) = array index (column, row)
-    out = np.empty((crop.size, crop.size, 3), np.float32)
-    for c in range(3):
-        ndimage.map_coordinates(image[..., c], coords, output=out[..., c], order=1, mode="constant", cval=0.0)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+def lens_of(cam: Camera):
+    """The camera's distortion in the crops' pixel-corner convention (dataprep.lens)."""
+    def distort(uv: np.ndarray):
+        uv_lens, ok = cam.distort_pixels(uv - 0.5)
+        return uv_lens + 0.5, ok
+    return distort
 
 
 def view_key_of(split: str, item) -> str:
@@ -245,7 +237,7 @@ def make_samples(item, *, root: Path, split: str, cameras: dict, crop_size: int,
         crop = crop_around(uv, crop_size, context, mirror=hand.side == "left")
         yield Sample(
             key=key,
-            image=undistorted_crop(image, crop, cam),
+            image=undistorted_crop(image, crop, lens_of(cam)),
             joints3d_mm=crop.points3d(xyz_mm),
             joints2d_px=crop.points(uv),
             visible=np.ones(NUM_JOINTS, bool),

@@ -20,8 +20,10 @@ from tests.body_fixtures import (BLUE, GREEN, H36M17_NAMES, H36M32_NAMES, RED, b
 from tests.dataprep.skips import read_skips
 
 SIZE = 128
-# Small-image cameras written to the fixture's metadata.xml (the real ones / 8).
-SMALL_CAMS = {cid: tuple(v[i] / 8 if i < 4 else v[i] for i in range(9)) for cid, v in CAMERA_CONSTANTS.items()}
+# Small-image cameras written to the fixture's metadata.xml: the real ones / 8, with a stronger
+# lens (k1, k2, k3, p1, p2) so that the distortion moves joints by pixels at this image size.
+FIXTURE_LENS = (-4.0, 12.0, 0.0, 0.02, -0.015)
+SMALL_CAMS = {cid: tuple(v[i] / 8 for i in range(4)) + FIXTURE_LENS for cid, v in CAMERA_CONSTANTS.items()}
 # (subject, sequence, camera) -> video frames, pose frames, yaw at frame 0, pelvis x at frame 0 (mm)
 SEQS = {
     ("S1", "Directions 1", "54138969"): (12, 10, 20.0, -200.0),
@@ -30,7 +32,6 @@ SEQS = {
     ("S11", "Directions", "55011271"): (6, 6, 60.0, 0.0),
 }
 MASKED = ("S1", "Directions 1", "54138969")
-D2_OFFSET = 1.25       # the fixture's "distorted" D2 = pinhole + this, in px
 MASK_RADIUS = 9.0
 
 
@@ -42,6 +43,31 @@ def body(seq, f):
 
 def level(f):
     return 40 + 7 * (f % 25)
+
+
+def lens(uv, cam):
+    """Where Human3.6M's lens model puts pinhole pixels `uv` (the release's radial-tangential
+    model as Martinez et al.'s project_point_radial writes it: radial k1..k3, then tangential
+    tan = p1 y + p2 x, x' = x (radial + tan) + p2 r^2, y' = y (radial + tan) + p1 r^2)."""
+    fx, fy, cx, cy, k1, k2, k3, p1, p2 = cam
+    x, y = (uv[:, 0] - cx) / fx, (uv[:, 1] - cy) / fy
+    r2 = x ** 2 + y ** 2
+    radial = 1 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3
+    tan = p1 * y + p2 * x
+    return np.stack([fx * (x * (radial + tan) + p2 * r2) + cx, fy * (y * (radial + tan) + p1 * r2) + cy], 1)
+
+
+def unlens(ud, cam):
+    """The test's own inverse of `lens` (Newton steps with a numerical Jacobian)."""
+    uv = ud.copy()
+    for _ in range(30):
+        err = lens(uv, cam) - ud
+        h = 1e-4
+        jx = (lens(uv + [h, 0], cam) - lens(uv - [h, 0], cam)) / (2 * h)
+        jy = (lens(uv + [0, h], cam) - lens(uv - [0, h], cam)) / (2 * h)
+        jac = np.stack([jx, jy], axis=-1)                # (n, 2 outputs, 2 inputs)
+        uv = uv - np.linalg.solve(jac, err[..., None])[..., 0]
+    return uv
 
 
 def pin(xyz, cam):
@@ -86,11 +112,11 @@ def write_original(root: Path, seqs=SEQS, nan_at=None, width=96):
             named, _ = body(seq, f)
             j32 = raw(named, H36M32_NAMES)
             uv = pin(j32, cam)
-            u17 = pin(raw(named, H36M17_NAMES), cam)
+            u17 = lens(pin(raw(named, H36M17_NAMES), cam), cam)     # the camera images through its lens
             frames.append(frame_image(SIZE, SIZE, {RED: u17[16], GREEN: u17[13], BLUE: u17[10]}, level(f)))
             masks.append(disk_mask(SIZE, SIZE, u17[0], MASK_RADIUS))
             pose32.append(j32)
-            d2.append(uv + D2_OFFSET)
+            d2.append(lens(uv, cam))                               # the released D2 are distorted
         pose = np.array(pose32[:n_pose])
         if nan_at is not None and seq == nan_at[0]:
             pose[nan_at[1], 2, 1] = np.nan
@@ -150,9 +176,9 @@ def test_h36m_original_release(tmp_path):
             assert set(np.unique(s.mask)) == {0, 255}
             assert abs(len(xx) / (np.pi * (MASK_RADIUS * scale) ** 2) - 1) < 0.12
             np.testing.assert_allclose([xx.mean() + 0.5, yy.mean() + 0.5], s.joints2d_px[0], atol=0.7)
-            assert m["d2_vs_pinhole_px"] == pytest.approx(D2_OFFSET, abs=1e-3)
+            assert m["d2_undistorted_vs_pinhole_px"] < 1e-3
         else:
-            assert s.mask is None and "d2_vs_pinhole_px" not in m
+            assert s.mask is None and "d2_undistorted_vs_pinhole_px" not in m
     for split, n, stride in (("train", 4, 5), ("test", 5, 8)):
         man = read_manifest(out / split)
         assert (man["samples"], man["stride"], man["layout"], man["joint_order"]) == (n, stride, "original", "h36m17")
@@ -163,6 +189,51 @@ def test_h36m_original_release(tmp_path):
     assert read_manifest(out / "test")["sequences"] == ["S9/Walking.54138969", "S11/Directions.55011271"]
     res = run("verify", out)
     assert res.exit_code == 0 and res.output.count("OK") == 2, res.output
+
+
+def test_h36m_undistorted_crops_match_the_released_d2(tmp_path):
+    """The released D2 labels (the lens-distorted projection), pushed through the undistortion
+    and the crop, equal joints2d; the image content agrees. --no-undistort keeps the old crops."""
+    seq = MASKED
+    src = tmp_path / "h36m"
+    write_original(src, {seq: SEQS[seq]})
+    d2_file = src / "S1/MyPoseFeatures/D2_Positions/Directions 1.54138969.cdf"
+    d2 = np.asarray(cdflib.CDF(str(d2_file)).varget("Pose"), np.float64).reshape(-1, 32, 2)
+    cam = SMALL_CAMS[seq[2]]
+    h17 = [H36M32_NAMES.index(n) for n in H36M17_NAMES]
+    res = run("h36m", src, tmp_path / "out", "--splits", "train", "--train-stride", 1, "--crop-size", 96)
+    assert res.exit_code == 0, res.output
+    samples = list(iter_samples(tmp_path / "out" / "train"))
+    assert len(samples) == 10 and read_manifest(tmp_path / "out" / "train")["undistorted"] is True
+    moved = []
+    for s in samples:
+        f = s.meta["frame"]
+        a = np.array(s.meta["crop_affine"])
+        released = d2[f][h17]
+        ideal = unlens(released, cam)
+        np.testing.assert_allclose(ideal @ a[:, :2].T + a[:, 2], s.joints2d_px, atol=2e-3)
+        moved.append(np.abs(released - ideal).max())
+        assert s.meta["d2_undistorted_vs_pinhole_px"] < 1e-3
+        # the drawn wrists and head and the mask disk sit on their joints after undistortion (up to
+        # the fixture lens warping the disks themselves; the lens moved them by 3-8 px)
+        for colour, j in ((RED, 16), (GREEN, 13), (BLUE, 10)):
+            assert np.abs(colour_centroid(s.image, colour) - s.joints2d_px[j]).max() < 1.0, (s.key, colour)
+        yy, xx = np.nonzero(s.mask == 255)
+        np.testing.assert_allclose([xx.mean() + 0.5, yy.mean() + 0.5], s.joints2d_px[0], atol=0.6)
+    assert max(moved) > 3          # the fixture's lens moves joints by several original pixels
+
+    res = run("h36m", src, tmp_path / "old", "--splits", "train", "--train-stride", 1, "--crop-size", 96, "--no-undistort")
+    assert res.exit_code == 0, res.output
+    assert read_manifest(tmp_path / "old" / "train")["undistorted"] is False
+    for s in iter_samples(tmp_path / "old" / "train"):
+        f, a = s.meta["frame"], np.array(s.meta["crop_affine"])
+        released = d2[f][h17]
+        assert s.meta["d2_vs_pinhole_px"] == pytest.approx(np.abs(released - unlens(released, cam)).max(), abs=2e-3)
+        # distortion left in: the dots are where the lens put them, the head (furthest out) px from joints2d
+        at = released @ a[:, :2].T + a[:, 2]
+        for colour, j in ((RED, 16), (GREEN, 13), (BLUE, 10)):
+            assert np.abs(colour_centroid(s.image, colour) - at[j]).max() < 1.0, (s.key, colour)
+        assert np.abs(at[10] - s.joints2d_px[10]).max() > 1.5
 
 
 def test_h36m_extracted_frames_layout(tmp_path):
@@ -180,7 +251,7 @@ def test_h36m_extracted_frames_layout(tmp_path):
                 rows["pose/3d"].append(raw(named, H36M32_NAMES))
                 rows["frame"].append(fr)
                 rows["camera"].append(int(cam_id))
-                u17 = pin(raw(named, H36M17_NAMES), CAMERA_CONSTANTS[cam_id])
+                u17 = lens(pin(raw(named, H36M17_NAMES), CAMERA_CONSTANTS[cam_id]), CAMERA_CONSTANTS[cam_id])
                 img = frame_image(*sizes[cam_id], {RED: u17[16], GREEN: u17[13]}, level(fr), radius=14)
                 p = root / subject / action / "imageSequence" / cam_id / f"img_{fr:06d}.jpg"
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +272,7 @@ def test_h36m_extracted_frames_layout(tmp_path):
     for s in samples.values():
         m = s.meta
         expected, facing = truth[(m["subject"], m["camera"], m["frame"])]
-        check_body(s, expected, facing, dot_tol_px=1.2)
+        check_body(s, expected, facing, dot_tol_px=0.5)       # the real lens, undistorted
         assert m["layout"] == "extracted" and m["image_size"] == list(sizes[m["camera"]])
         assert m["source"].endswith(f"imageSequence/{m['camera']}/img_{m['frame'] + 1:06d}.jpg")
         assert s.intrinsics[0] / s.intrinsics[1] == pytest.approx(CAMERA_CONSTANTS[m["camera"]][0] / CAMERA_CONSTANTS[m["camera"]][1], rel=1e-6)
