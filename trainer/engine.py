@@ -36,7 +36,7 @@ The run directory must be on a filesystem every node sees (checkpoints are writt
 Public API
     TrainSettings(run_dir, ds_config, epochs, warmup_epochs, min_lr=0.0, seed=0, checkpoint_every=1000,
                   keep_checkpoints=3, log_every=10, figure_every=500, resume=False, max_steps=None,
-                  log_keys=False)
+                  log_keys=False, wandb=False)
     training_options(epochs, warmup_epochs, checkpoint_every=1000, figure_every=500)   click decorator
     settings_from_options(options: dict, stage, default_config) -> TrainSettings   pops the shared options
     clear_errors(command)             click: known bad-input errors -> one line, exit status 1
@@ -52,6 +52,7 @@ Public API
     read_checkpoint_meta(path) -> dict    the posemae.json sidecar of that tag:
         {"stage", "model" (the signature the stage built), "step", "world_size", "epoch", "options"}
     model_inputs(engine, images), to_uint8(images), image_grid(rows), weights_digest(module)
+    log_images(run, {name: PIL.Image}, step)   figures into TensorBoard (and W&B with --wandb)
     ConfigError, NonFiniteLossError
 """
 from __future__ import annotations
@@ -83,7 +84,7 @@ META_FILE = "posemae.json"          # per checkpoint: stage, model signature, st
 TAG_PREFIX = "step"
 # Options that may change between a run and its --resume: they steer bookkeeping, not the maths.
 RESUMABLE_OPTIONS = {"resume", "max_steps", "log_every", "figure_every", "checkpoint_every", "keep_checkpoints",
-                     "log_keys"}
+                     "log_keys", "wandb"}
 
 
 class ConfigError(ValueError):
@@ -110,6 +111,7 @@ class TrainSettings:
     resume: bool = False
     max_steps: int | None = None   # stop early (tests, benchmarks); the schedule still spans `epochs`
     log_keys: bool = False         # ranks/rank<r>-keys.jsonl: every micro-batch's sample keys
+    wandb: bool = False            # also log to Weights & Biases (offline unless WANDB_MODE says otherwise)
 
     def __post_init__(self):
         for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
@@ -148,6 +150,8 @@ def training_options(epochs: float, warmup_epochs: float, checkpoint_every: int 
                      "(the lr schedule still spans --epochs)"),
         click.option("--log-keys", is_flag=True, help="record every micro-batch's sample keys per rank "
                      "(ranks/rank<r>-keys.jsonl): which data each rank saw, in order"),
+        click.option("--wandb", is_flag=True, help="also log scalars and figures to Weights & Biases: offline "
+                     "into RUN_DIR/wandb unless WANDB_MODE=online (`wandb sync` uploads later)"),
     ]
 
     def decorate(f):
@@ -269,8 +273,9 @@ def read_ds_config(path, world_size: int) -> dict:
     return config
 
 
-def add_monitors(config: dict, run_dir: Path) -> dict:
-    """Point DeepSpeed's CSV monitor (and TensorBoard's, when installed) into the run dir."""
+def add_monitors(config: dict, run_dir: Path, wandb: bool = False) -> dict:
+    """Point DeepSpeed's CSV monitor (and TensorBoard's, when installed) into the run dir; with
+    `wandb`, DeepSpeed's W&B monitor too (log_images sends the figures to both)."""
     out = str(run_dir / "monitor")
     config["csv_monitor"] = {"enabled": True, "output_path": out, "job_name": "csv",
                              **{k: v for k, v in config.get("csv_monitor", {}).items() if k == "enabled"}}
@@ -279,7 +284,35 @@ def add_monitors(config: dict, run_dir: Path) -> dict:
         config["tensorboard"] = {"enabled": True, "output_path": out, "job_name": "tensorboard"}
     except ImportError:
         config.pop("tensorboard", None)
+    if wandb:
+        # Offline by default: nothing leaves the machine unless the user asks (WANDB_MODE=online,
+        # or `wandb sync RUN_DIR/wandb/offline-run-*` later).
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_DIR", str(run_dir))
+        config["wandb"] = {"enabled": True, "project": os.environ.get("WANDB_PROJECT", "posemae"),
+                           "group": run_dir.name}
+    else:
+        config.pop("wandb", None)
     return config
+
+
+def log_images(run, images: dict, step: int) -> None:
+    """Figures (PIL images) into TensorBoard beside DeepSpeed's scalars (same directory, same
+    x-axis: samples seen) and, with --wandb, into W&B. Rank 0 calls it, as it makes the figures.
+    A writer per call: figures are rare, and a killed run loses none that were written."""
+    tb = run.ds_config.get("tensorboard", {})
+    if tb.get("enabled"):
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(Path(tb["output_path"]) / tb["job_name"]))
+        try:
+            for name, image in images.items():
+                writer.add_image(f"Figures/{name}", np.asarray(image.convert("RGB")), step, dataformats="HWC")
+        finally:
+            writer.close()
+    if run.ds_config.get("wandb", {}).get("enabled"):
+        import wandb
+        if wandb.run is not None:   # DeepSpeed's W&B monitor started it on rank 0
+            wandb.log({f"Figures/{name}": wandb.Image(image) for name, image in images.items()}, step=step)
 
 
 # -- optimizer groups and the schedule ------------------------------------------------------
@@ -437,7 +470,7 @@ def start_run(stage: str, settings: TrainSettings, options: dict, model_signatur
     """Distributed start-up, the checked DeepSpeed config and the run directory. Fresh runs
     write config.json; --resume checks the checkpoint and the options against the run's own."""
     dist = init_distributed()
-    ds_config = add_monitors(read_ds_config(settings.ds_config, dist.world_size), settings.run_dir)
+    ds_config = add_monitors(read_ds_config(settings.ds_config, dist.world_size), settings.run_dir, settings.wandb)
     all_options = {**options, **asdict(settings)}
     run = Run(stage, settings, all_options, model_signature, dist, ds_config)
     tag = latest_tag(run.checkpoint_dir)
@@ -590,6 +623,7 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
         (run.run_dir / "figures").mkdir(exist_ok=True)
         for name, image in images.items():
             image.save(run.run_dir / "figures" / f"{name}_step{at_step:08d}.png")
+        log_images(run, images, engine.global_samples)
 
     ranks_dir = run.run_dir / "ranks"
     ranks_dir.mkdir(parents=True, exist_ok=True)
@@ -629,7 +663,10 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
                       "steps_per_s": (step - first_step) / elapsed, "samples_per_s": samples / elapsed}
             run.log(record)
             if dist.is_main:
-                engine.monitor.write_events([(f"Train/Samples/{k}", v, engine.global_samples) for k, v in means.items()])
+                # DeepSpeed logs its own Train/Samples/lr (group 0's, layer-decay scaled): add the schedule's
+                scalars = {**means, "schedule_lr": lr, "steps_per_s": record["steps_per_s"],
+                           "samples_per_s": record["samples_per_s"]}
+                engine.monitor.write_events([(f"Train/Samples/{k}", v, engine.global_samples) for k, v in scalars.items()])
                 bar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.3g}")
             sums, count = {}, 0
         bar.update(1)
