@@ -14,7 +14,10 @@ directory) and every shard set:
   4. `reconstruct_joints`: voxels -> stored-crop pixels -> camera millimetres with the sample's
      intrinsics and ground-truth root depth; mirrored (left) hands are un-mirrored, prediction and
      ground truth alike, so the outputs are in each image's original camera frame;
-  5. metrics per protocol (trainer.metrics), then, on rank 0, the outputs in --out:
+  5. the trivial baseline on the same samples (trainer.baselines): the constant prediction of
+     each fine-tuning source's mean root-relative pose, one table row per distinct source, so
+     every table shows how far above trivial each model is;
+  6. metrics per protocol (trainer.metrics), then, on rank 0, the outputs in --out:
        results.json                        every number, the checkpoints, the shards, the code version
        results.md                          the table(s), laid out like the paper's Tables 1 and 2 (also printed)
        predictions/<label>__<dataset>.npz  per sample, in storage order: keys, uvz_vox (decoded voxels),
@@ -61,6 +64,7 @@ from shards.schema import (EXT_IMAGE, EXT_INTRINSICS, EXT_JOINTS2D, EXT_JOINTS3D
                            JOINT_ORDERS, SampleError)
 from shards.writer import sha256_file
 from trainer import engine, report
+from trainer.baselines import MeanPose, constant_prediction, mean_pose, meta_mean_pose
 from trainer.heatmaps import DEPTH_RANGE_MM, decode_heatmaps
 from trainer.metrics import PROTOCOLS, Protocol, evaluate as evaluate_protocol
 from trainer.pose import CheckpointError, PoseModel
@@ -89,6 +93,7 @@ class ModelSpec:
     depth_bins: int
     head_channels: int
     depth_range_mm: float
+    mean_pose: dict | None = None    # trainer.baselines.MeanPose of the fine-tuning source, when known
 
     @property
     def input_size(self) -> int:
@@ -135,11 +140,15 @@ def model_spec(path) -> ModelSpec:
         raise CheckpointError(f"{tag_dir}: joint order {joint_order!r} is not one this evaluation knows "
                               f"({sorted(KIND_OF_ORDER)})")
     depth_range = signature.get("depth_range_mm", options.get("depth_range_mm"))
+    mean = meta_mean_pose(options)
+    if mean is None and options.get("source") and Path(options["source"]).is_dir():
+        mean = mean_pose(options["source"])          # a run from before the mean pose was recorded
     return ModelSpec(
         checkpoint=str(tag_dir), run_dir=None if run_dir is None else str(run_dir), step=meta.get("step"),
         joint_order=joint_order, encoder=dict(need("encoder")), num_joints=int(need("num_joints")),
         depth_bins=int(need("depth_bins")), head_channels=int(signature.get("head_channels", 256)),
-        depth_range_mm=float(depth_range if depth_range is not None else DEPTH_RANGE_MM[KIND_OF_ORDER[joint_order]]))
+        depth_range_mm=float(depth_range if depth_range is not None else DEPTH_RANGE_MM[KIND_OF_ORDER[joint_order]]),
+        mean_pose=None if mean is None else mean.to_dict())
 
 
 def load_checkpoint(path, device="cpu") -> tuple[PoseModel, ModelSpec]:
@@ -422,6 +431,42 @@ def contact_sheet_items(pred: dict, joints: dict, errors: np.ndarray, indices, s
     return items
 
 
+CONSTANT_LABEL = "Mean source pose (constant)"
+
+
+def constant_baselines(specs: list[ModelSpec]) -> dict[str, MeanPose]:
+    """Table label -> mean pose, one per distinct fine-tuning source (by joint order and source)."""
+    means: dict[tuple, MeanPose] = {}
+    for spec in specs:
+        if spec.mean_pose is not None:
+            mean = MeanPose.from_dict(spec.mean_pose)
+            means.setdefault((mean.joint_order, mean.source), mean)
+    if len(means) == 1:
+        return {CONSTANT_LABEL: next(iter(means.values()))}
+    return {f"Mean pose of {mean.source} (constant)": mean for mean in means.values()}
+
+
+def report_constant(mean: MeanPose, pred: dict, info: ShardInfo, *, label: str, dataset: str,
+                    protocols: list[Protocol], world_size: int) -> "PairOutput":
+    """Rank 0: the constant prediction scored like a model on the samples `pred` holds (their
+    stored ground truth; mirrored samples un-mirrored as reconstruct_joints does)."""
+    stored_gt = pred["joints3d_mm"].astype(np.float64)
+    joints = {"joints3d_pred_mm": unmirror(constant_prediction(mean, stored_gt), info.mirrored),
+              "joints3d_gt_mm": unmirror(stored_gt, info.mirrored)}
+    out = PairOutput([], {})
+    for protocol in protocols:
+        result, keep = score(joints, pred["visible"], protocol)
+        out.evaluations.append(report.evaluation_record(
+            result, method=label, checkpoint=None, dataset=dataset, shards=[info.path],
+            keys=[k for k, ok in zip(pred["keys"], keep) if ok], split=info.split, baseline="constant",
+            mean_pose=mean.to_dict(), excluded_samples=[k for k, ok in zip(pred["keys"], keep) if not ok],
+            world_size=world_size))
+        auc_key = next(k for k in result.summary if k.startswith("auc_"))
+        legend = f"{label} / {report.DATASET_LABELS.get(dataset, dataset)} (AUC {result.summary[auc_key]:.3f})"
+        out.curves[protocol.name] = {legend: result.pck_curve}
+    return out
+
+
 @dataclass
 class PairOutput:
     evaluations: list          # results.json entries, one per protocol
@@ -513,8 +558,9 @@ def evaluate(checkpoints, shards, *, names=None, protocols=None, decode: str = "
         dataset = next(info.dataset for (path, _), info in infos.items() if path == s)
         datasets[s] = dataset if dataset not in datasets.values() else f"{dataset}-{_safe(Path(s).name)}"
 
+    baselines = constant_baselines(specs)
     dist = engine.init_distributed()
-    evaluations, curves = [], {}
+    evaluations, curves, baseline_rows = [], {}, []
     for spec, label in zip(specs, labels):
         model, _ = load_checkpoint(spec.checkpoint, _device(dist))
         for s in shards:
@@ -526,9 +572,19 @@ def evaluate(checkpoints, shards, *, names=None, protocols=None, decode: str = "
                 out = report_pair(pred, info, spec, label=label, dataset=datasets[s], protocols=chosen[spec.joint_order],
                                   decode=decode, out_dir=out_dir, sheet_count=sheet_count, world_size=dist.world_size)
                 evaluations += out.evaluations
-                for name, legend_curves in out.curves.items():
-                    curves.setdefault(name, {}).update(legend_curves)
+                outputs = [out]
+                for base_label, mean in baselines.items():
+                    if mean.joint_order == spec.joint_order and not any(
+                            e["method"] == base_label and e["shards"] == [info.path] for e in baseline_rows):
+                        base = report_constant(mean, pred, info, label=base_label, dataset=datasets[s],
+                                               protocols=chosen[spec.joint_order], world_size=dist.world_size)
+                        baseline_rows += base.evaluations
+                        outputs.append(base)
+                for output in outputs:
+                    for name, legend_curves in output.curves.items():
+                        curves.setdefault(name, {}).update(legend_curves)
         del model
+    evaluations = baseline_rows + evaluations     # the trivial row first in every table
     if not dist.is_main:
         return None
     for name, protocol_curves in curves.items():

@@ -39,6 +39,7 @@ from shards.pipelines import finetune_loader, target_loader
 from shards.pipelines.common import ShardSet
 from shards.schema import JOINT_ORDERS, SampleError
 from trainer import engine
+from trainer.baselines import mean_pose
 from trainer.engine import ConfigError, StepOutput
 from trainer.heatmaps import DEFAULT_SIGMA, DEPTH_RANGE_MM, decode_heatmaps, joints_to_voxels, pose_loss, voxels_to_joints
 from trainer.pose import (LAMBDA_AR, CheckpointError, FrozenAttentionNet, PoseModel, attention_regularisation,
@@ -133,7 +134,9 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
                    input_size=input_size, patch_size=patch_size, depth_bins=depth_bins, head_channels=head_channels,
                    joint_order=joint_order, lambda_ar=lambda_ar if use_ar else 0.0, use_ar=use_ar,
                    source_only=source_only, layer_decay=layer_decay, drop_path=drop_path,
-                   depth_range_mm=depth_range_mm, ar_reduction=ar_reduction, sigma=sigma, augment=augment)
+                   depth_range_mm=depth_range_mm, ar_reduction=ar_reduction, sigma=sigma, augment=augment,
+                   # the constant-prediction baseline `trainer evaluate` scores next to this model
+                   mean_pose=mean_pose(source).to_dict())
     run = engine.start_run(STAGE, settings, options, signature)
 
     torch.manual_seed(settings.seed)

@@ -91,7 +91,7 @@ def evaluation_record(result: ProtocolResult, *, method: str, checkpoint, datase
         raise ValueError(f"{len(keys)} keys for {n} evaluated samples")
     return {
         "method": method,
-        "checkpoint": str(checkpoint),
+        "checkpoint": None if checkpoint is None else str(checkpoint),   # None: a baseline, no model
         "dataset": dataset,
         "shards": [str(s) for s in (shards if isinstance(shards, (list, tuple)) else [shards])],
         "protocol": result.protocol.to_dict(),

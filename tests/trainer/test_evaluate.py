@@ -52,6 +52,11 @@ def setup(tmp_path_factory):
     return root, shards, results
 
 
+def models(doc: dict) -> list[dict]:
+    """The evaluations of checkpoints (not of the constant baseline) in a results document."""
+    return [e for e in doc["evaluations"] if e["checkpoint"] is not None]
+
+
 def oracle(spec, depth_shift_bins=0.0):
     """model_outputs replacement: Gaussians rendered at each sample's ground-truth voxels (every
     joint but the root moved `depth_shift_bins` deeper) and uniform attention."""
@@ -72,8 +77,8 @@ def test_results_of_a_finetuned_checkpoint(setup):
     root, shards, results = setup
     stored = list(iter_samples(shards))
     keys = [s.key for s in stored]
-    assert [e["protocol"]["name"] for e in results["evaluations"]] == ["hand", "hand3d"]
-    hand = results["evaluations"][0]
+    assert [e["protocol"]["name"] for e in models(results)] == ["hand", "hand3d"]
+    hand = models(results)[0]
     assert hand["method"] == "Ours" and hand["dataset"] == "stb" and hand["split"] == "test"
     assert hand["per_sample"]["keys"] == keys and hand["metrics"]["num_samples"] == NUM_SAMPLES
     assert hand["checkpoint"].endswith("checkpoints/step00000001") and hand["checkpoint_step"] == 1
@@ -99,12 +104,37 @@ def test_results_of_a_finetuned_checkpoint(setup):
     assert (total > 0).all() and (total < 1).all()
 
     table = (root / "ft" / "results.md").read_text()
-    ours = f"| Ours | {hand['metrics']['epe']:.1f} | {results['evaluations'][1]['metrics']['epe']:.1f} |"
+    ours = f"| Ours | {hand['metrics']['epe']:.1f} | {models(results)[1]['metrics']['epe']:.1f} |"
     assert "| Method | STB | STB [hand3d] |" in table and ours in table
     sheet = Image.open(root / "ft" / "sheet_Ours__stb.png")
     assert sheet.size == (4 * 160, 2 * 26 + 8 * (160 + 16))     # 4 best + 4 worst rows of 4 tiles
     assert Image.open(root / "ft" / "pck_hand.png").size == (640, 480)
     assert (root / "ft" / "pck_hand3d.png").is_file()
+
+
+def test_constant_baseline_row_is_the_mean_source_pose(setup):
+    """The fine-tuning run records its source's mean root-relative pose; evaluate scores that
+    constant on every shard set, first in the table, with the numbers computed here by hand."""
+    root, shards, results = setup
+    stored = list(iter_samples(shards))
+    gt = np.stack([s.joints3d_mm for s in stored]).astype(np.float64)      # stored frame (mirrored as stored)
+    mean = (gt - gt[:, :1]).mean(axis=0)
+    recorded = json.loads((root / "ft" / "config.json").read_text())["options"]["mean_pose"]
+    assert recorded["samples"] == NUM_SAMPLES and recorded["joint_order"] == "hand21"
+    np.testing.assert_allclose(recorded["joints_mm"], mean, atol=1e-3)
+
+    constant = [e for e in results["evaluations"] if e["checkpoint"] is None]
+    assert [e["protocol"]["name"] for e in constant] == ["hand", "hand3d"]
+    assert results["evaluations"][:2] == constant                             # first rows
+    row = constant[0]
+    assert row["method"] == ev.CONSTANT_LABEL and row["baseline"] == "constant" and row["dataset"] == "stb"
+    # a reflection changes no distance: the wrist-aligned error of the constant in the stored frame
+    expected = np.linalg.norm(mean[None] - (gt - gt[:, :1]), axis=-1).mean(axis=1)
+    np.testing.assert_allclose(row["per_sample"]["epe"], expected, atol=2e-3)   # the mean is stored to 1 um
+    assert row["metrics"]["epe"] == pytest.approx(expected.mean(), abs=2e-3)
+    table = (root / "ft" / "results.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| ") and not line.startswith("| Method")]
+    assert rows[0].startswith(f"| {ev.CONSTANT_LABEL} | ") and rows[1].startswith("| Ours | ")
 
 
 def test_oracle_heatmaps_give_zero_and_known_errors(setup, monkeypatch, tmp_path):
@@ -114,14 +144,14 @@ def test_oracle_heatmaps_give_zero_and_known_errors(setup, monkeypatch, tmp_path
     monkeypatch.setattr(ev, "model_outputs", oracle(spec))
     exact = ev.evaluate([root / "ft"], [shards], names=["Oracle"], protocols=("hand", "hand3d"), batch_size=4,
                         out_dir=tmp_path / "oracle", sheet_count=1)
-    for e in exact["evaluations"]:
+    for e in models(exact):
         assert e["metrics"]["num_samples"] == NUM_SAMPLES
         assert max(e["per_sample"]["epe"]) < 0.01                  # mm
         assert e["metrics"]["auc_20_50"] == 1.0 and e["metrics"]["pck@20"] == 1.0
 
     # soft-argmax: the expectation over a Gaussian cut off by the volume's faces is pulled inward a little
-    soft = ev.evaluate([root / "ft"], [shards], names=["Soft"], protocols=("hand",), decode="soft_argmax",
-                       batch_size=5, out_dir=tmp_path / "soft", sheet_count=0)["evaluations"][0]
+    soft = models(ev.evaluate([root / "ft"], [shards], names=["Soft"], protocols=("hand",), decode="soft_argmax",
+                              batch_size=5, out_dir=tmp_path / "soft", sheet_count=0))[0]
     assert soft["decode"] == "soft_argmax" and 0.01 < soft["metrics"]["epe"] < 0.5
 
     # every joint but the wrist one depth bin (400/16 = 25 mm) too deep: u, v are unchanged, so the
@@ -131,14 +161,14 @@ def test_oracle_heatmaps_give_zero_and_known_errors(setup, monkeypatch, tmp_path
                           out_dir=tmp_path / "shifted", sheet_count=0)
     joints = np.stack([s.joints3d_mm for s in iter_samples(shards)]).astype(np.float64)
     expected = (25.0 * np.linalg.norm(joints[:, 1:], axis=-1) / joints[:, 1:, 2]).sum(1) / 21
-    np.testing.assert_allclose(shifted["evaluations"][0]["per_sample"]["epe"], expected, atol=0.01)
+    np.testing.assert_allclose(models(shifted)[0]["per_sample"]["epe"], expected, atol=0.01)
     assert 23.0 < expected.mean() < 25.0
 
     # --compare: one table over both runs' results.json
     out = CliRunner().invoke(cli, ["evaluate", "--compare", str(root / "ft"), str(tmp_path / "shifted")])
     assert out.exit_code == 0, out.output
     rows = {line.split(" | ")[0]: line for line in out.output.splitlines() if line.startswith("| ")}
-    ours = [e["metrics"]["epe"] for e in json.loads((root / "ft" / "results.json").read_text())["evaluations"]]
+    ours = [e["metrics"]["epe"] for e in models(json.loads((root / "ft" / "results.json").read_text()))]
     assert ours[0] > expected.mean()                      # a one-step model is worse than the shifted oracle
     assert rows["| Deeper"] == f"| Deeper | **{expected.mean():.1f}** | - |"
     assert rows["| Ours"] == f"| Ours | {ours[0]:.1f} | {ours[1]:.1f} |"
@@ -162,8 +192,8 @@ def test_two_ranks_count_every_sample_once(setup, tmp_path):
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (stdout, stderr) in zip(procs, outputs):
         assert p.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    two = json.loads((tmp_path / "results.json").read_text())["evaluations"][0]
-    one = one_rank["evaluations"][0]
+    two = models(json.loads((tmp_path / "results.json").read_text()))[0]
+    one = models(one_rank)[0]
     assert two["world_size"] == 2 and two["metrics"]["num_samples"] == NUM_SAMPLES
     assert two["per_sample"]["keys"] == one["per_sample"]["keys"]       # each once, storage order
     np.testing.assert_allclose(two["per_sample"]["epe"], one["per_sample"]["epe"], atol=1e-3)
