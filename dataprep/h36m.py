@@ -5,7 +5,7 @@ Original release (per subject, as the dataset's archives unpack):
 <root>/S1/MyPoseFeatures/D2_Positions/<Action>.<camid>.cdf        (1, N, 64) px, lens-distorted (optional)
 <root>/S1/Videos/<Action>.<camid>.mp4                             50 fps, may run longer than the CDF
 <root>/S1/MySegmentsMat/ground_truth_bs/<Action>.<camid>.mat      MATLAB v7.3: `Masks` object refs, one per frame (optional)
-<root>/metadata.xml                                               from the code bundle (optional; cameras)
+<root>/metadata.xml                                               from the code bundle (optional; cameras, names)
 
 Extracted frames (anibali/h36m-fetch's process_all.py):
 <root>/processed/<S>/<ActionName>-<subaction>/annot.h5            pose/3d (n, 32, 3) camera mm, frame (1-based),
@@ -23,10 +23,15 @@ Per sample, d2_undistorted_vs_pinhole_px records how far the undistorted D2 lies
 pinhole projection (0 up to rounding when the model and cameras are right). --no-undistort keeps
 the old crops (distortion left in; d2_vs_pinhole_px recorded instead).
 Video frames are decoded in order, one chunk of frames per work item (--frames-per-item).
+
+Sequences are named the same in both layouts: metadata.xml's action name and subaction number,
+`Directions-1`, in keys and in meta (`sequence`, `action`, `subaction`; the release's own file or
+folder name is kept as `release_name`). See RELEASE_FILES.
 """
 from __future__ import annotations
 
 import functools
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +133,113 @@ def cameras_from_metadata(path: Path) -> dict[str, Camera]:
     return cams
 
 
+# -- sequence names ---------------------------------------------------------------------------
+# One name per recording in keys and meta: metadata.xml's action name and subaction number, the
+# names h36m-fetch's folders carry (`Directions-1`). The original release names its files
+# differently per subject ("WalkDog 1" or "WalkingDog 1", "Photo" or "TakingPhoto"), and the
+# number in a file name is not the subaction: S11's "Directions" is subaction 2, S5's
+# "Directions 2" too. metadata.xml's <mapping> table says which file is which; it is read from
+# metadata.xml when given, else from this copy of it (subaction 1 | subaction 2 per action).
+ACTIONS = ("Directions", "Discussion", "Eating", "Greeting", "Phoning", "Posing", "Purchases", "Sitting",
+           "SittingDown", "Smoking", "TakingPhoto", "Waiting", "Walking", "WalkingDog", "WalkingTogether")
+RELEASE_FILES = {
+    "S1": ("Directions 1|Directions", "Discussion 1|Discussion", "Eating 2|Eating", "Greeting 1|Greeting",
+           "Phoning 1|Phoning", "Posing 1|Posing", "Purchases 1|Purchases", "Sitting 1|Sitting 2",
+           "SittingDown 2|SittingDown", "Smoking 1|Smoking", "TakingPhoto 1|TakingPhoto", "Waiting 1|Waiting",
+           "Walking 1|Walking", "WalkingDog 1|WalkingDog", "WalkTogether 1|WalkTogether"),
+    "S2": ("Directions 1|Directions", "Discussion 1|Discussion", "Eating 1|Eating 2", "Greeting 1|Greeting",
+           "Phoning 1|Phoning", "Posing 1|Posing", "Purchases 1|Purchases", "Sitting 1|Sitting",
+           "SittingDown 2|SittingDown 3", "Smoking 1|Smoking", "Photo 1|Photo", "Waiting 1|Waiting",
+           "Walking 1|Walking", "WalkDog 1|WalkDog", "WalkTogether 1|WalkTogether"),
+    "S3": ("Directions 1|Directions", "Discussion 1|Discussion", "Eating 1|Eating 2", "Greeting 1|Greeting",
+           "Phoning 1|Phoning", "Posing 1|Posing 2", "Purchases 1|Purchases", "Sitting 1|Sitting",
+           "SittingDown 1|SittingDown", "Smoking 1|Smoking", "Photo 1|Photo", "Waiting 1|Waiting",
+           "Walking 1|Walking 2", "WalkDog 1|WalkDog", "WalkTogether 1|WalkTogether"),
+    "S4": ("Directions 1|Directions", "Discussion 1|Discussion", "Eating 1|Eating", "Greeting 1|Greeting",
+           "Phoning 1|Phoning", "Posing 1|Posing", "Purchases 1|Purchases", "Sitting 1|Sitting",
+           "SittingDown 1|SittingDown 2", "Smoking 1|Smoking", "Photo 1|Photo", "Waiting 1|Waiting",
+           "Walking 1|Walking", "WalkDog 1|WalkDog", "WalkTogether 2|WalkTogether 3"),
+    "S5": ("Directions 1|Directions 2", "Discussion 2|Discussion 3", "Eating 1|Eating", "Greeting 1|Greeting 2",
+           "Phoning 1|Phoning", "Posing 1|Posing", "Purchases 1|Purchases", "Sitting 1|Sitting",
+           "SittingDown|SittingDown 1", "Smoking 1|Smoking", "Photo|Photo 2", "Waiting 1|Waiting 2",
+           "Walking 1|Walking", "WalkDog 1|WalkDog", "WalkTogether 1|WalkTogether"),
+    "S6": ("Directions 1|Directions", "Discussion 1|Discussion", "Eating 1|Eating 2", "Greeting 1|Greeting",
+           "Phoning 1|Phoning", "Posing 2|Posing", "Purchases 1|Purchases", "Sitting 1|Sitting 2",
+           "SittingDown 1|SittingDown", "Smoking 1|Smoking", "Photo|Photo 1", "Waiting 3|Waiting",
+           "Walking 1|Walking", "WalkDog 1|WalkDog", "WalkTogether 1|WalkTogether"),
+    "S7": ("Directions 1|Directions", "Discussion 1|Discussion", "Eating 1|Eating", "Greeting 1|Greeting",
+           "Phoning 2|Phoning", "Posing 1|Posing", "Purchases 1|Purchases", "Sitting 1|Sitting",
+           "SittingDown|SittingDown 1", "Smoking 1|Smoking", "Photo|Photo 1", "Waiting 1|Waiting 2",
+           "Walking 1|Walking 2", "WalkDog 1|WalkDog", "WalkTogether 1|WalkTogether"),
+    "S8": ("Directions 1|Directions", "Discussion 1|Discussion", "Eating 1|Eating", "Greeting 1|Greeting",
+           "Phoning 1|Phoning", "Posing 1|Posing", "Purchases 1|Purchases", "Sitting 1|Sitting",
+           "SittingDown|SittingDown 1", "Smoking 1|Smoking", "Photo 1|Photo", "Waiting 1|Waiting",
+           "Walking 1|Walking", "WalkDog 1|WalkDog", "WalkTogether 1|WalkTogether 2"),
+    "S9": ("Directions 1|Directions", "Discussion 1|Discussion 2", "Eating 1|Eating", "Greeting 1|Greeting",
+           "Phoning 1|Phoning", "Posing 1|Posing", "Purchases 1|Purchases", "Sitting 1|Sitting",
+           "SittingDown|SittingDown 1", "Smoking 1|Smoking", "Photo 1|Photo", "Waiting 1|Waiting",
+           "Walking 1|Walking", "WalkDog 1|WalkDog", "WalkTogether 1|WalkTogether"),
+    "S10": ("Directions 1|Directions", "Discussion 1|Discussion 2", "Eating 1|Eating", "Greeting 1|Greeting",
+            "Phoning 1|Phoning", "Posing 1|Posing", "Purchases 1|Purchases", "Sitting 1|Sitting",
+            "SittingDown|SittingDown 1", "Smoking 2|Smoking", "Photo 1|Photo", "Waiting 1|Waiting",
+            "Walking 1|Walking", "WalkDog 1|WalkDog", "WalkTogether 1|WalkTogether"),
+    "S11": ("Directions 1|Directions", "Discussion 1|Discussion 2", "Eating 1|Eating", "Greeting 2|Greeting",
+            "Phoning 3|Phoning 2", "Posing 1|Posing", "Purchases 1|Purchases", "Sitting 1|Sitting",
+            "SittingDown|SittingDown 1", "Smoking 2|Smoking", "Photo 1|Photo", "Waiting 1|Waiting",
+            "Walking 1|Walking", "WalkDog 1|WalkDog", "WalkTogether 1|WalkTogether"),
+}
+# Spellings of action names seen in folder names (older h36m-fetch, other tools) -> metadata.xml's
+ACTION_ALIASES = {"Photo": "TakingPhoto", "WalkDog": "WalkingDog", "WalkTogether": "WalkingTogether"}
+
+
+def builtin_sequences() -> dict[str, dict[str, tuple[str, int]]]:
+    """{subject: {release file name: (action, subaction)}} from RELEASE_FILES."""
+    return {subject: {name: (action, sub + 1) for action, pair in zip(ACTIONS, files)
+                      for sub, name in enumerate(pair.split("|"))}
+            for subject, files in RELEASE_FILES.items()}
+
+
+def sequences_from_metadata(path: Path) -> dict[str, dict[str, tuple[str, int]]] | None:
+    """The same table from metadata.xml's <mapping> (rows: action id, subaction id, one file name
+    per subject; the first row names the subjects) and <actionnames>; None if it has neither."""
+    try:
+        root = ET.parse(path).getroot()
+    except (FileNotFoundError, ET.ParseError) as e:
+        raise SampleError(f"unreadable metadata.xml: {e}", file=str(path)) from None
+    mapping, names = root.find("mapping"), root.find("actionnames")
+    if mapping is None or names is None:
+        return None
+    actions = [(e.text or "").strip() for e in names]
+    rows = [[(td.text or "").strip() for td in tr] for tr in mapping]
+    if not rows or len(rows[0]) < 3:
+        raise SampleError("metadata.xml <mapping> has no subject header row", file=str(path))
+    subjects = rows[0][2:]
+    table = {s: {} for s in subjects}
+    for row in rows[1:]:
+        try:
+            action_id, sub_id = int(row[0]), int(row[1])
+            action = actions[action_id - 1]
+        except (ValueError, IndexError):
+            raise SampleError(f"metadata.xml <mapping> row {row[:2]} does not name an action", file=str(path)) from None
+        if action.startswith("_"):
+            continue        # _ALL: the concatenation of all sequences, not a recording
+        for subject, name in zip(subjects, row[2:]):
+            table[subject][name] = (ACTION_ALIASES.get(action, action), sub_id)
+    return table
+
+
+def canonical_sequence(action: str, subaction: int | None) -> str:
+    return action if subaction is None else f"{action}-{subaction}"
+
+
+def parse_fetch_folder(name: str) -> tuple[str, int | None]:
+    """h36m-fetch folder `<Action>-<subaction>` -> (metadata.xml action name, subaction); a
+    folder without the number (older h36m-fetch) keeps only the action."""
+    m = re.fullmatch(r"(.+)-(\d+)", name)
+    action, sub = (m.group(1), int(m.group(2))) if m else (name, None)
+    return ACTION_ALIASES.get(action, action), sub
+
+
 # -- CDF poses ---------------------------------------------------------------------------------
 def cdf_num_frames(path: Path, width: int) -> int:
     """Frames in a Pose CDF without reading the data."""
@@ -173,27 +285,33 @@ def d2_check(d2: np.ndarray, uv: np.ndarray, distort) -> dict:
 
 # -- original release --------------------------------------------------------------------------
 def original_items(root: Path, subjects: list[str], cameras: list[str], exclude: set[str], stride: int,
-                   frames_per_item: int) -> tuple[list, list]:
-    """Work items (subject, sequence, camera, first frame, stop) of `frames_per_item` kept frames
-    each, and the sequences used."""
+                   frames_per_item: int, sequences: dict) -> tuple[list, list]:
+    """Work items (subject, release file name, action, subaction, camera, first frame, stop) of
+    `frames_per_item` kept frames each, and the sequences used. `sequences` names each release
+    file (builtin_sequences / sequences_from_metadata)."""
     items, used = [], []
     for subject in subjects:
         for cdf in sorted((root / subject / D3_DIR).glob("*.cdf")):
             base, _, cam = cdf.stem.rpartition(".")
             if base.startswith("_ALL") or cam not in cameras or f"{subject}/{base}.{cam}" in exclude:
                 continue
+            if base not in sequences.get(subject, {}):
+                raise SampleError(f"{subject} has no recording named {base!r} in metadata.xml's mapping "
+                                  f"(known: {sorted(sequences.get(subject, {}))})", file=str(cdf))
+            action, sub = sequences[subject][base]
             n = cdf_num_frames(cdf, 96)
             used.append(f"{subject}/{base}.{cam}")
             span = stride * frames_per_item
-            items += [(subject, base, cam, first, min(first + span, n)) for first in range(0, n, span)]
+            items += [(subject, base, action, sub, cam, first, min(first + span, n)) for first in range(0, n, span)]
     return items, used
 
 
 def make_samples_original(item, *, root: Path, split: str, stride: int, cameras: dict, use_masks: bool,
                           crop_size: int, context: float, undistort: bool = True):
-    subject, base, cam_id, first, stop = item
+    subject, base, action, sub, cam_id, first, stop = item
     cam: Camera = cameras[cam_id]
-    seq_key = f"h36m_{split}_{subject}_{key_part(base)}_{cam_id}"
+    sequence = canonical_sequence(action, sub)
+    seq_key = f"h36m_{split}_{subject}_{key_part(sequence)}_{cam_id}"
     name = f"{base}.{cam_id}"
     cdf_path = root / subject / D3_DIR / f"{name}.cdf"
     video = root / subject / "Videos" / f"{name}.mp4"
@@ -235,7 +353,8 @@ def make_samples_original(item, *, root: Path, split: str, stride: int, cameras:
                 crop, key, image, joints, uv, (cam.fx, cam.fy, cam.cx, cam.cy),
                 mask=mask, distort=distort,
                 meta={"dataset": "h36m", "split": split, "layout": "original", "source": str(video.relative_to(root)),
-                      "annotation": str(cdf_path.relative_to(root)), "subject": subject, "sequence": base,
+                      "annotation": str(cdf_path.relative_to(root)), "subject": subject, "sequence": sequence,
+                      "action": action, "subaction": sub, "release_name": base,
                       "camera": cam_id, "frame": f, "image_size": [image.shape[1], image.shape[0]],
                       "joint_order": "h36m17", "root_index": 0, "root_kind": "pelvis",
                       "intrinsics_model": INTRINSICS_MODEL[undistort], **extra, **crop.meta()},
@@ -285,7 +404,9 @@ def make_samples_extracted(item, *, root: Path, split: str, annots: dict, camera
     subject, action, row = item
     joints_all, frames, cams, fitted = annots[(subject, action)]
     frame, cam_id = int(frames[row]), str(cams[row])
-    key = f"h36m_{split}_{subject}_{key_part(action)}_{cam_id}_{frame - 1:06d}"
+    action_name, sub = parse_fetch_folder(action)
+    sequence = canonical_sequence(action_name, sub)
+    key = f"h36m_{split}_{subject}_{key_part(sequence)}_{cam_id}_{frame - 1:06d}"
     annot = root / subject / action / "annot.h5"
     image_path = root / subject / action / "imageSequence" / cam_id / f"img_{frame:06d}.jpg"
     joints = check_array(joints_all[row], (17, 3), f"pose/3d row {row}", annot, key)
@@ -306,7 +427,8 @@ def make_samples_extracted(item, *, root: Path, split: str, annots: dict, camera
         crop, key, image, joints, uv, (fx, fy, cx, cy), distort=distort,
         meta={"dataset": "h36m", "split": split, "layout": "extracted", "source": str(image_path.relative_to(root)),
               "annotation": str(annot.relative_to(root)), "annotation_row": row, "subject": subject,
-              "sequence": action, "camera": cam_id, "frame": frame - 1, "image_size": [image.shape[1], image.shape[0]],
+              "sequence": sequence, "action": action_name, "subaction": sub, "release_name": action,
+              "camera": cam_id, "frame": frame - 1, "image_size": [image.shape[1], image.shape[0]],
               "joint_order": "h36m17", "root_index": 0, "root_kind": "pelvis",
               "intrinsics_model": ("pinhole fitted by h36m-fetch (annot.h5); lens distortion left in the crops"
                                    if intrinsics == "annot" else INTRINSICS_MODEL[distort is not None]),
@@ -367,6 +489,9 @@ def cli(src_root, out_dir, layout, splits, train_subjects, test_subjects, camera
         metadata_xml = src_root / "metadata.xml"
     try:
         cams = cameras_from_metadata(metadata_xml) if metadata_xml else cameras_from_constants()
+        from_xml = sequences_from_metadata(metadata_xml) if metadata_xml else None
+        sequences = from_xml or builtin_sequences()
+        sequence_names = f"{metadata_xml} <mapping>" if from_xml else "built-in copy of metadata.xml's <mapping>"
     except SampleError as e:
         raise click.ClickException(str(e))
     unknown = [c for c in wanted_cams if c not in cams]
@@ -389,10 +514,11 @@ def cli(src_root, out_dir, layout, splits, train_subjects, test_subjects, camera
         stride = strides[split]
         try:
             if layout == "original":
-                items, used = original_items(root, present, wanted_cams, excluded, stride, frames_per_item)
+                items, used = original_items(root, present, wanted_cams, excluded, stride, frames_per_item, sequences)
                 make = functools.partial(make_samples_original, root=root, split=split, stride=stride, cameras=cams,
                                          use_masks=masks, crop_size=crop_size, context=context, undistort=undistort)
                 layout_extra = {"sequences": used, "exclude": sorted(excluded), "frames_per_item": frames_per_item,
+                                "sequence_names": sequence_names,
                                 "joint_source": "MyPoseFeatures/D3_Positions_mono",
                                 "masks": "MySegmentsMat/ground_truth_bs when present" if masks else "off",
                                 "camera_model": "metadata.xml/w0 constants; " + INTRINSICS_MODEL[undistort]}

@@ -35,8 +35,12 @@ MASKED = ("S1", "Directions 1", "54138969")
 MASK_RADIUS = 9.0
 
 
+# Recordings whose release file names differ from metadata.xml's action names (naming test).
+NAMING_SEQS = {("S9", "WalkDog 1", "54138969"): (3, 3, 30.0, 0.0), ("S11", "Photo", "55011271"): (3, 3, -40.0, 100.0)}
+
+
 def body(seq, f):
-    _, _, yaw0, x0 = SEQS[seq]
+    _, _, yaw0, x0 = {**SEQS, **NAMING_SEQS}[seq]
     axes = body_axes(yaw0 + 2 * f)
     return place(axes, (x0 + 20 * f, 150.0, 4500 + 10 * f)), axes[1]
 
@@ -86,11 +90,21 @@ def write_cdf(path, pose):
     c.close()
 
 
-def write_metadata(path, cams):
+def write_metadata(path, cams, mapping=None):
+    """metadata.xml with w0 and the camera ids; `mapping` (subjects, rows of (action id, subaction id,
+    file per subject)) adds <mapping> and <actionnames> as the code bundle's file has them."""
     w0 = list(np.linspace(-1, 1, 264)) + [v for cid in cams for v in cams[cid]]
     items = "".join(f"<item>{cid}</item>" for cid in cams)
+    names = ""
+    if mapping is not None:
+        subjects, rows = mapping
+        tr = lambda cells: "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"   # noqa: E731
+        actions = ["_ALL", "Directions", "Discussion", "Eating", "Greeting", "Phoning", "Posing", "Purchases", "Sitting",
+                   "SittingDown", "Smoking", "TakingPhoto", "Waiting", "Walking", "WalkingDog", "WalkingTogether"]
+        names = ("<mapping>" + tr(["", ""] + subjects) + "".join(tr(r) for r in rows) + "</mapping>"
+                 "<actionnames>" + "".join(f"<item>{a}</item>" for a in actions) + "</actionnames>")
     path.write_text(f'<?xml version="1.0" encoding="utf-8"?>\n<a><w0>[{" ".join(f"{v:.12g}" for v in w0)}]</w0>'
-                    f"<dbcameras><index2id>{items}</index2id></dbcameras></a>")
+                    f"<dbcameras><index2id>{items}</index2id></dbcameras>{names}</a>")
 
 
 def write_masks(path, masks):
@@ -103,7 +117,7 @@ def write_masks(path, masks):
         ds.attrs["MATLAB_class"] = np.bytes_("cell")
 
 
-def write_original(root: Path, seqs=SEQS, nan_at=None, width=96):
+def write_original(root: Path, seqs=SEQS, nan_at=None, width=96, mapping=None):
     for seq, (n_video, n_pose, _, _) in seqs.items():
         subject, name, cam_id = seq
         cam = SMALL_CAMS[cam_id]
@@ -128,7 +142,7 @@ def write_original(root: Path, seqs=SEQS, nan_at=None, width=96):
             write_cdf(root / subject / "MyPoseFeatures/D2_Positions" / f"{name}.{cam_id}.cdf", np.array(d2[:n_pose]))
             write_masks(root / subject / "MySegmentsMat/ground_truth_bs" / f"{name}.{cam_id}.mat", masks)
     root.mkdir(parents=True, exist_ok=True)
-    write_metadata(root / "metadata.xml", SMALL_CAMS)
+    write_metadata(root / "metadata.xml", SMALL_CAMS, mapping)
 
 
 def write_extras(root: Path):
@@ -151,18 +165,20 @@ def test_h36m_original_release(tmp_path):
     res = run("h36m", src, out, "--crop-size", 96, "--test-stride", 8, "--frames-per-item", 2, "--workers", 2)
     assert res.exit_code == 0, res.output
     samples = {s.key: s for split in ("train", "test") for s in iter_samples(out / split)}
-    expected_keys = sorted([f"h36m_train_S1_Directions_1_{c}_{f:06d}" for c in ("54138969", "55011271") for f in (0, 5)]
-                           + [f"h36m_test_S9_Walking_54138969_{f:06d}" for f in (0, 8, 16, 24)]
-                           + ["h36m_test_S11_Directions_55011271_000000"])
+    # metadata.xml's names: S1 "Directions 1" is Directions-1, S9 "Walking" Walking-2, S11 "Directions" Directions-2
+    expected_keys = sorted([f"h36m_train_S1_Directions-1_{c}_{f:06d}" for c in ("54138969", "55011271") for f in (0, 5)]
+                           + [f"h36m_test_S9_Walking-2_54138969_{f:06d}" for f in (0, 8, 16, 24)]
+                           + ["h36m_test_S11_Directions-2_55011271_000000"])
     assert sorted(samples) == expected_keys
     for key, s in samples.items():
         m = s.meta
-        seq = (m["subject"], m["sequence"], m["camera"])
+        seq = (m["subject"], m["release_name"], m["camera"])
         f = m["frame"]
+        assert m["sequence"] == f"{m['action']}-{m['subaction']}"
         named, facing = body(seq, f)
         cam = SMALL_CAMS[m["camera"]]
         assert m["split"] == ("train" if m["subject"] == "S1" else "test")
-        assert m["source"] == f"{m['subject']}/Videos/{m['sequence']}.{m['camera']}.mp4"
+        assert m["source"] == f"{m['subject']}/Videos/{m['release_name']}.{m['camera']}.mp4"
         assert m["image_size"] == [SIZE, SIZE] and m["joint_order"] == "h36m17" and m["root_kind"] == "pelvis"
         check_body(s, raw(named, H36M17_NAMES), facing)
         # the crop camera is the metadata.xml pinhole camera scaled by the crop
@@ -296,7 +312,7 @@ def test_h36m_bad_input_names_file_and_sample(tmp_path):
     write_original(tmp_path / "nan", only, nan_at=(seq, 5))
     res = run("h36m", tmp_path / "nan", tmp_path / "o1", "--splits", "train")
     assert res.exit_code != 0 and "NaN" in res.output
-    assert str(tmp_path / "nan" / cdf) in res.output and "h36m_train_S1_Directions_1_55011271_000005" in res.output
+    assert str(tmp_path / "nan" / cdf) in res.output and "h36m_train_S1_Directions-1_55011271_000005" in res.output
 
     write_original(tmp_path / "joints", only, width=90)
     res = run("h36m", tmp_path / "joints", tmp_path / "o2", "--splits", "train")
@@ -308,7 +324,7 @@ def test_h36m_bad_input_names_file_and_sample(tmp_path):
     write_extras(src)
     res = run("h36m", src, tmp_path / "o3", "--splits", "test", "--exclude", "")
     assert res.exit_code != 0 and "corrupt" in res.output
-    assert str(src / "S11/Videos/Directions.54138969.mp4") in res.output and "h36m_test_S11_Directions_54138969" in res.output
+    assert str(src / "S11/Videos/Directions.54138969.mp4") in res.output and "h36m_test_S11_Directions-2_54138969" in res.output
 
     write_original(tmp_path / "short", only)
     video = tmp_path / "short/S1/Videos/Directions 1.55011271.mp4"
@@ -322,5 +338,67 @@ def test_h36m_bad_input_names_file_and_sample(tmp_path):
     man = read_manifest(tmp_path / "o5" / "train")
     skips = read_skips(tmp_path / "o5" / "train")
     assert man["samples"] == 0 and len(skips) == 4 and all(s["reason"] == "video file missing" for s in skips)
-    assert {s["key"] for s in skips} == {"h36m_train_S1_Directions_1_55011271"} and {s["file"] for s in skips} == {str(video)}
+    assert {s["key"] for s in skips} == {"h36m_train_S1_Directions-1_55011271"} and {s["file"] for s in skips} == {str(video)}
     assert man["skipped"]["by_reason"] == {"video file missing": 4}
+
+
+def write_fetch_folder(root: Path, subject: str, folder: str, seq, cam_id: str, frames: list[int]):
+    """h36m-fetch's processed/<S>/<Action>-<sub>/: annot.h5 and img_%06d.jpg (1-based) drawn
+    through the real lens, for the frames of the original-layout recording `seq`."""
+    d = root / "processed" / subject / folder
+    cam = CAMERA_CONSTANTS[cam_id]
+    rows = {"pose/3d": [], "frame": [], "camera": []}
+    for f in frames:
+        named, _ = body(seq, f)
+        rows["pose/3d"].append(raw(named, H36M32_NAMES))
+        rows["frame"].append(f + 1)
+        rows["camera"].append(int(cam_id))
+        u17 = lens(pin(raw(named, H36M17_NAMES), cam), cam)
+        img = frame_image(1000, 1000, {RED: u17[16], GREEN: u17[13]}, level(f), radius=14)
+        (d / "imageSequence" / cam_id).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / "imageSequence" / cam_id / f"img_{f + 1:06d}.jpg", quality=95)
+    with h5py.File(d / "annot.h5", "w") as h:
+        for k, v in rows.items():
+            h.create_dataset(k, data=np.array(v))
+
+
+def test_h36m_sequence_names_agree_between_layouts(tmp_path):
+    """The same recordings in the original layout (release file names "WalkDog 1", "Photo") and
+    in h36m-fetch's (metadata.xml names "WalkingDog-1", "TakingPhoto-2") get the same keys and
+    sequence/action/subaction meta."""
+    src = tmp_path / "orig"
+    write_original(src, NAMING_SEQS)
+    fetch = tmp_path / "fetch"
+    write_fetch_folder(fetch, "S9", "WalkingDog-1", ("S9", "WalkDog 1", "54138969"), "54138969", [0, 1, 2])
+    write_fetch_folder(fetch, "S11", "TakingPhoto-2", ("S11", "Photo", "55011271"), "55011271", [0, 1, 2])
+    got = {}
+    for name, root in (("original", src), ("extracted", fetch)):
+        res = run("h36m", root, tmp_path / name, "--splits", "test", "--test-stride", 1, "--crop-size", 64)
+        assert res.exit_code == 0, res.output
+        got[name] = {s.key: s.meta for s in iter_samples(tmp_path / name / "test")}
+    assert sorted(got["original"]) == sorted(got["extracted"]) == sorted(
+        [f"h36m_test_S9_WalkingDog-1_54138969_{f:06d}" for f in range(3)]
+        + [f"h36m_test_S11_TakingPhoto-2_55011271_{f:06d}" for f in range(3)])
+    for key, m in got["original"].items():
+        e = got["extracted"][key]
+        assert (m["sequence"], m["action"], m["subaction"], m["frame"]) == (e["sequence"], e["action"], e["subaction"], e["frame"])
+    assert {m["release_name"] for m in got["original"].values()} == {"WalkDog 1", "Photo"}
+    assert {m["release_name"] for m in got["extracted"].values()} == {"WalkingDog-1", "TakingPhoto-2"}
+
+
+def test_h36m_sequence_names_from_metadata_xml(tmp_path):
+    """metadata.xml's own <mapping> is used when present; a file it does not name is an error."""
+    seq = ("S9", "WalkDog 1", "54138969")
+    # a mapping where "WalkDog 1" is WalkingDog's subaction 2 (the built-in table says 1)
+    mapping = (["S9"], [[1, 1, "_ALL 1"], [15, 1, "WalkDog"], [15, 2, "WalkDog 1"]])
+    write_original(tmp_path / "a", {seq: NAMING_SEQS[seq]}, mapping=mapping)
+    res = run("h36m", tmp_path / "a", tmp_path / "oa", "--splits", "test", "--test-stride", 2, "--crop-size", 64)
+    assert res.exit_code == 0, res.output
+    assert sorted(s.key for s in iter_samples(tmp_path / "oa" / "test")) == \
+        ["h36m_test_S9_WalkingDog-2_54138969_000000", "h36m_test_S9_WalkingDog-2_54138969_000002"]
+    assert read_manifest(tmp_path / "oa" / "test")["sequence_names"] == f"{tmp_path / 'a' / 'metadata.xml'} <mapping>"
+    mapping = (["S9"], [[15, 1, "WalkDog 2"]])
+    write_original(tmp_path / "b", {seq: NAMING_SEQS[seq]}, mapping=mapping)
+    res = run("h36m", tmp_path / "b", tmp_path / "ob", "--splits", "test")
+    assert res.exit_code != 0 and "S9 has no recording named 'WalkDog 1'" in res.output
+    assert str(tmp_path / "b" / "S9/MyPoseFeatures/D3_Positions_mono/WalkDog 1.54138969.cdf") in res.output
