@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from shards.reader import iter_samples, list_shards, read_manifest
-from shards.schema import SampleError, validate
+from shards.schema import EXT_JOINTS3D, JOINT_ORDERS, SampleError, validate
 from shards.writer import sha256_file
 
 from .common import skipped_count
@@ -22,6 +22,54 @@ BONES = {
     "h36m17": [(0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6), (0, 7), (7, 8), (8, 9), (9, 10), (8, 11),
                (11, 12), (12, 13), (8, 14), (14, 15), (15, 16)],
 }
+
+
+# Lengths `dataprep inspect` reports: every drawn bone plus the spans that show skeleton
+# definitions differing between datasets (hip width, pelvis to thorax, shoulder width).
+SPANS = {
+    "hand21": [(0, 17), (5, 17)],                                  # palm length to little MCP, palm width
+    "h36m17": [(1, 4), (0, 8), (11, 14)],
+}
+
+
+def measured_pairs(order: str) -> list[tuple[int, int]]:
+    return BONES.get(order, []) + SPANS.get(order, [])
+
+
+def bone_lengths(d: Path, order: str, limit: int | None) -> dict:
+    """Per bone/span: count, mean, std, min, 5th percentile, median, 95th percentile, max of the
+    3D length in millimetres over the samples of one shard directory (the first `limit`)."""
+    names = JOINT_ORDERS[order]
+    pairs = measured_pairs(order)
+    lengths = []
+    for i, raw in enumerate(iter_samples(d, decode=False)):
+        if limit and i >= limit:
+            break
+        data = raw.get(EXT_JOINTS3D)
+        if data is None:
+            continue                        # 2D-only sample
+        j = np.frombuffer(data, "<f4").reshape(len(names), 3).astype(np.float64)
+        lengths.append([np.linalg.norm(j[a] - j[b]) for a, b in pairs])
+    if not lengths:
+        return {}
+    lengths = np.array(lengths)
+    out = {}
+    for k, (a, b) in enumerate(pairs):
+        x = lengths[:, k]
+        p5, p50, p95 = np.percentile(x, [5, 50, 95])
+        out[f"{names[a]}-{names[b]}"] = {"n": len(x), "mean": round(float(x.mean()), 1), "std": round(float(x.std()), 1),
+                                         "min": round(float(x.min()), 1), "p5": round(float(p5), 1),
+                                         "median": round(float(p50), 1), "p95": round(float(p95), 1),
+                                         "max": round(float(x.max()), 1)}
+    return out
+
+
+def bone_table(stats: dict) -> str:
+    """The bone statistics as an aligned text table."""
+    head = f"{'bone (mm)':<24}{'n':>8}{'mean':>9}{'std':>8}{'min':>9}{'p5':>9}{'median':>9}{'p95':>9}{'max':>9}"
+    rows = [f"{name:<24}{v['n']:>8}{v['mean']:>9.1f}{v['std']:>8.1f}{v['min']:>9.1f}{v['p5']:>9.1f}"
+            f"{v['median']:>9.1f}{v['p95']:>9.1f}{v['max']:>9.1f}" for name, v in stats.items()]
+    return "\n".join([head] + rows)
 
 
 def shard_dirs(path: Path) -> list[Path]:
@@ -115,8 +163,12 @@ def draw_sample(sample, size: int = 192) -> Image.Image:
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="contact-sheet PNG (default PATH/contact_sheet.png)")
 @click.option("--num", type=int, default=16, show_default=True, help="samples on the sheet")
-def inspect(path, sheet, num):
-    """Counts, schema and a contact sheet of samples with their joints drawn."""
+@click.option("--bone-samples", type=int, default=20000, show_default=True,
+              help="samples per split read for the bone-length statistics (0 = all)")
+def inspect(path, sheet, num, bone_samples):
+    """Counts, schema, 3D bone-length statistics (mm) and a contact sheet of samples with their
+    joints drawn. Bone lengths show where skeleton definitions differ between datasets (e.g.
+    SMPL's hips sit closer together than Human3.6M's)."""
     tiles = []
     for d in shard_dirs(path):
         manifest = read_manifest(d)
@@ -132,10 +184,14 @@ def inspect(path, sheet, num):
                 tiles.append(draw_sample(s))
             if i >= num:
                 break
+        order = manifest.get("joint_order")
+        bones = bone_lengths(d, order, bone_samples or None) if order in BONES else {}
         click.echo(json.dumps({"dir": str(d), "samples": manifest["samples"], "shards": manifest["num_shards"],
-                               "skipped": skipped_count(manifest), "joint_order": manifest.get("joint_order"),
-                               "members (first 200 samples)": dict(exts), "image_shapes": sorted(map(list, shapes))},
-                              indent=1))
+                               "skipped": skipped_count(manifest), "joint_order": order,
+                               "members (first 200 samples)": dict(exts), "image_shapes": sorted(map(list, shapes)),
+                               "bone_lengths_mm": bones}, indent=1))
+        if bones:
+            click.echo(bone_table(bones))
     if tiles:
         cols = min(4, len(tiles))
         rows = -(-len(tiles) // cols)
