@@ -25,6 +25,8 @@ from trainer import demo  # noqa: E402
 cli.add_command(demo.cli)
 from trainer import export  # noqa: E402
 cli.add_command(export.cli)
+from trainer import predict  # noqa: E402
+cli.add_command(predict.cli)
 
 if __name__ == "__main__":
     cli()

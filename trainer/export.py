@@ -80,8 +80,9 @@ def describe(model: PoseModel, spec, opset: int) -> dict:
                                   "depth Z_root: Z = z_rel_mm + Z_root, X = (u_px - cx) Z / fx, "
                                   "Y = (v_px - cy) Z / fy"}},
         "architecture": {
-            "encoder": "ViT (timm VisionTransformer layout: class token, fixed 2D sin-cos position "
-                       "embedding, pre-norm blocks with qkv bias, LayerNorm eps 1e-6, final norm)",
+            "encoder": "ViT (timm VisionTransformer layout: class token, "
+                       + ("learned" if enc.get("learned_pos_embed") else "fixed 2D sin-cos")
+                       + " position embedding, pre-norm blocks with qkv bias, LayerNorm eps 1e-6, final norm)",
             "img_size": size, "patch_size": enc.get("patch_size", 16), "embed_dim": enc["embed_dim"],
             "depth": enc["depth"], "num_heads": enc["num_heads"], "mlp_ratio": enc.get("mlp_ratio", 4.0),
             "head": "patch tokens (class token dropped) -> (C, H/16, W/16) -> 2 x [ConvTranspose2d 4x4 s2 p1 "
