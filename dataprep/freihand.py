@@ -4,6 +4,11 @@
 <root>/training/mask/%08d.jpg         one lossy-JPEG mask per annotation
 <root>/evaluation/rgb/%08d.jpg        3960 images (evaluation/segmap/%08d.png when present)
 <root>/{training,evaluation}_{K,xyz}.json   K: N x 3 x 3; xyz: N x 21 x 3 metres, camera frame
+
+Pixel convention: K comes from calibrated real cameras and the official toolbox projects with
+OpenCV's convention (its MANO renderer is OpenDR's ProjectPoints, an OpenCV projectPoints), in
+which integer coordinates are pixel centres. Crops use pixel corners (pixel i covers [i, i+1)),
+so the principal point moves by +0.5 px (docs/datasets.md, "Pixel centres").
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from shards.schema import Sample, SampleError
 from .common import conversion_options, convert_split, crop_around, driver_kwargs, load_rgb
 
 VERSIONS = ("gs", "hom", "sample", "auto")   # image id // num_annotations
+PIXEL_CENTRE_SHIFT = 0.5     # K's pixel-centre convention -> the crops' pixel corners
 SPLITS = {"train": "training", "test": "evaluation"}
 
 
@@ -45,6 +51,8 @@ def make_samples(item, *, root: Path, folder: str, split: str, xyz: np.ndarray, 
     if not np.all(np.isfinite(joints_m)) or not np.all(np.isfinite(k)):
         raise SampleError(f"annotation {anno} has NaN/inf", file=str(root / f"{folder}_xyz.json"), sample=key)
     joints_mm = joints_m * 1000.0
+    k = k.copy()
+    k[:2, 2] += PIXEL_CENTRE_SHIFT
     uv = (joints_mm @ k.T)[:, :2] / joints_mm[:, 2:3]
     image = load_rgb(rgb_path, key)
     crop = crop_around(uv, crop_size, context)
@@ -69,7 +77,8 @@ def make_samples(item, *, root: Path, folder: str, split: str, xyz: np.ndarray, 
         intrinsics=crop.intrinsics(k[0, 0], k[1, 1], k[0, 2], k[1, 2]),
         meta={"dataset": "freihand", "split": split, "source": str(rgb_path.relative_to(root)),
               "annotation_id": int(anno), "version": VERSIONS[version] if version < 4 else str(version),
-              "side": "right", "joint_order": "hand21", "root_index": 0, "root_kind": "wrist", **crop.meta()},
+              "side": "right", "joint_order": "hand21", "root_index": 0, "root_kind": "wrist",
+              "principal_point_shift_px": PIXEL_CENTRE_SHIFT, **crop.meta()},
     )
 
 

@@ -341,6 +341,11 @@ def cli(src_root, out_dir, splits, sequences, test_sequences, cameras, min_score
 # -- the 2D-only hand_labels sets ------------------------------------------------------------
 MANUAL_SETS = {"manual_train": "hand_labels/manual_train", "manual_test": "hand_labels/manual_test"}
 SYNTH_SETS = {f"synth{i}": f"hand_labels_synth/synth{i}" for i in range(1, 5)}
+# The 2D labels are pixel coordinates in OpenCV's convention (integer = pixel centre):
+# panopticdb's are projections of the dome's 3D hands through its OpenCV-calibrated cameras, and
+# the manual and synthetic sets come from the same group's OpenCV-based tooling. Crops use pixel
+# corners, so labels move by +0.5 px (docs/datasets.md, "Pixel centres").
+LABEL_PIXEL_SHIFT = 0.5
 PANOPTICDB = "hand143_panopticdb"
 PANOPTICDB_JSON = "hands_v143_14817.json"
 ALL_2D_SETS = (*MANUAL_SETS, *SYNTH_SETS, "panopticdb")
@@ -382,7 +387,8 @@ def make_samples_2d(item, *, root: Path, split: str, panopticdb: list, panopticd
         raise SampleError("labelled joints contain NaN/inf", file=str(entry_file), sample=key)
     if labelled.sum() < 2:
         raise SampleError(f"only {int(labelled.sum())} labelled joints: no hand to crop", file=str(entry_file), sample=key)
-    uv = np.where(np.isfinite(pts[:, :2]), pts[:, :2], 0.0)   # unlabelled joints: kept, flagged invisible
+    # unlabelled joints: kept, flagged invisible; labels are pixel-centre coordinates -> corners
+    uv = np.where(np.isfinite(pts[:, :2]), pts[:, :2] + LABEL_PIXEL_SHIFT, 0.0)
     image = load_rgb(image_path, key)
     crop = crop_around(uv[labelled], crop_size, context, mirror=side == "left")
     yield Sample(
@@ -392,7 +398,7 @@ def make_samples_2d(item, *, root: Path, split: str, panopticdb: list, panopticd
         visible=labelled,
         meta={"dataset": "panoptic_hand_labels", "split": split, "set": set_name,
               "source": str(image_path.relative_to(root)), "annotation": str(entry_file.relative_to(root)),
-              "side": side, "side_source": side_source, "has_3d": False,
+              "side": side, "side_source": side_source, "has_3d": False, "label_shift_px": LABEL_PIXEL_SHIFT,
               "joint_order": "hand21", "root_index": 0, "root_kind": "wrist", **crop.meta()},
     )
 

@@ -35,6 +35,14 @@ def draw_dot(img: np.ndarray, uv, colour=(255, 0, 255), radius: int = 2) -> None
     img[max(v - radius, 0):v + radius + 1, max(u - radius, 0):u + radius + 1] = colour
 
 
+def draw_disk(img: np.ndarray, uv, colour=(255, 0, 255), radius: float = 3.0) -> None:
+    """Paint the pixels whose centres lie within `radius` of continuous coordinate uv (pixel
+    (i, j) covers [i, i+1)): unlike draw_dot, its centroid follows uv to a small fraction of a pixel."""
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    img[(xx + 0.5 - uv[0]) ** 2 + (yy + 0.5 - uv[1]) ** 2 <= radius * radius] = colour
+
+
 def find_dot(img: np.ndarray, colour=(255, 0, 255), tol: int = 60) -> np.ndarray:
     """Centroid (continuous coordinates, pixel centres at +0.5) of pixels close to `colour`."""
     d = np.abs(img.astype(int) - np.array(colour)).max(axis=2)

@@ -15,11 +15,14 @@ from PIL import Image
 
 from dataprep.cli import cli
 from shards import iter_samples, read_manifest
-from tests.hand_fixtures import draw_dot, find_dot, hand21_mm, project
+from tests.hand_fixtures import draw_disk, find_dot, hand21_mm, project
 from tests.dataprep.skips import read_skips
 
 N_TRAIN, N_EVAL = 3, 2
-K = np.array([[480.0, 0, 112], [0, 480.0, 112], [0, 0, 1]])
+# The fixture's camera in the crops' pixel-corner convention; the release's K (OpenCV convention,
+# integer = pixel centre) has the principal point half a pixel lower.
+K = np.array([[480.0, 0, 112.25], [0, 480.0, 111.75], [0, 0, 1]])
+K_RELEASE = K - [[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]]
 
 
 def make_freihand(root: Path, n_train=N_TRAIN, n_eval=N_EVAL) -> dict:
@@ -29,7 +32,7 @@ def make_freihand(root: Path, n_train=N_TRAIN, n_eval=N_EVAL) -> dict:
         (root / folder / "rgb").mkdir(parents=True)
         xyz = [hand21_mm((10.0 * a - 10, 40.0 + 5.0 * a, 600.0 + 20 * a), rotate_deg=15 * a) / 1000.0 for a in range(n)]
         (root / f"{folder}_xyz.json").write_text(json.dumps([x.tolist() for x in xyz]))
-        (root / f"{folder}_K.json").write_text(json.dumps([K.tolist()] * n))
+        (root / f"{folder}_K.json").write_text(json.dumps([K_RELEASE.tolist()] * n))
         (root / f"{folder}_scale.json").write_text(json.dumps([0.025] * n))
         if folder == "training":
             (root / folder / "mask").mkdir()
@@ -42,9 +45,9 @@ def make_freihand(root: Path, n_train=N_TRAIN, n_eval=N_EVAL) -> dict:
                 Image.fromarray(m).save(root / folder / "mask" / f"{a:08d}.jpg", quality=90)
             for version in range(versions):
                 img = np.full((224, 224, 3), 40 + 50 * version, np.uint8)
-                draw_dot(img, uv[0], (255, 0, 255))     # wrist
-                draw_dot(img, uv[8], (0, 255, 0))       # index tip
-                Image.fromarray(img).save(root / folder / "rgb" / f"{version * n + a:08d}.jpg", quality=98)
+                draw_disk(img, uv[0], (255, 0, 255), 5.0)    # wrist
+                draw_disk(img, uv[8], (0, 255, 0), 5.0)      # index tip
+                Image.fromarray(img).save(root / folder / "rgb" / f"{version * n + a:08d}.jpg", quality=98, subsampling=0)
         truth[folder] = np.array(xyz)
     return truth
 
@@ -67,9 +70,14 @@ def test_freihand_conversion(tmp_path):
         fx, fy, cx, cy = s.intrinsics
         np.testing.assert_allclose(project(s.joints3d_mm, fx, fy, cx, cy), s.joints2d_px, atol=1e-3)
         assert s.image.shape == (128, 128, 3) and s.visible.all()
-        # the pixels moved with the joints
-        np.testing.assert_allclose(find_dot(s.image, (255, 0, 255)), s.joints2d_px[0], atol=1.5)
-        np.testing.assert_allclose(find_dot(s.image, (0, 255, 0)), s.joints2d_px[8], atol=1.5)
+        # the release's K is in pixel-centre coordinates: joints2d is its projection + 0.5, through the crop
+        a = np.array(s.meta["crop_affine"])
+        uv_release = project(xyz * 1000, K_RELEASE[0, 0], K_RELEASE[1, 1], K_RELEASE[0, 2], K_RELEASE[1, 2])
+        np.testing.assert_allclose((uv_release + 0.5) @ a[:, :2].T + a[:, 2], s.joints2d_px, atol=1e-3)
+        assert s.meta["principal_point_shift_px"] == 0.5
+        # the pixels moved with the joints (a half-pixel error would show)
+        np.testing.assert_allclose(find_dot(s.image, (255, 0, 255)), s.joints2d_px[0], atol=0.3)
+        np.testing.assert_allclose(find_dot(s.image, (0, 255, 0)), s.joints2d_px[8], atol=0.3)
         assert s.meta["joint_order"] == "hand21" and s.meta["root_kind"] == "wrist"
     for s in train:
         assert s.mask is not None and set(np.unique(s.mask)) <= {0, 255}

@@ -273,9 +273,11 @@ def write_hand_labels(root):
     expected = {}
 
     def image(path, uv):
+        # labels are OpenCV pixel coordinates (integer = pixel centre): the dots are drawn there,
+        # which is +0.5 in the pixel-corner coordinates draw_dot takes
         img = rng.integers(20, 60, (180, 240, 3), dtype=np.uint8)
-        draw_dot(img, *uv[0], RED)
-        draw_dot(img, *uv[8], GREEN)
+        draw_dot(img, *(uv[0] + 0.5), RED)
+        draw_dot(img, *(uv[8] + 0.5), GREEN)
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(path, quality=95)
 
@@ -323,10 +325,11 @@ def test_hand_labels_2d_only(tmp_path):
         assert s.joints3d_mm is None and s.intrinsics is None and s.meta["has_3d"] is False
         np.testing.assert_array_equal(s.visible, flags)
         a = np.array(s.meta["crop_affine"])
-        np.testing.assert_allclose(s.joints2d_px, uv @ a[:, :2].T + a[:, 2], atol=1e-3)
-        assert s.meta["side"] == side and s.meta["mirrored"] == (side == "left")
-        assert np.abs(dot_centre(s.image, RED) - s.joints2d_px[0]).max() < 0.7
-        assert np.abs(dot_centre(s.image, GREEN) - s.joints2d_px[8]).max() < 0.7
+        # label (u, v) names the pixel centred there: (u + 0.5, v + 0.5) in the crops' corner coordinates
+        np.testing.assert_allclose(s.joints2d_px, (uv + 0.5) @ a[:, :2].T + a[:, 2], atol=1e-3)
+        assert s.meta["side"] == side and s.meta["mirrored"] == (side == "left") and s.meta["label_shift_px"] == 0.5
+        assert np.abs(dot_centre(s.image, RED) - s.joints2d_px[0]).max() < 0.3
+        assert np.abs(dot_centre(s.image, GREEN) - s.joints2d_px[8]).max() < 0.3
         assert s.joints2d_px[1, 0] < s.joints2d_px[17, 0]   # every stored hand is a right hand (as drawn)
     assert got["panoptic2d_train_panopticdb_00000000"].meta["side_source"].startswith("assumed")
     assert run("verify", out).exit_code == 0
