@@ -272,3 +272,10 @@ def test_pretrain_and_finetune_stages_start_from_released_files(tmp_path):
     model, _ = load_pose_model(tmp_path / "ft")   # the learned embedding is part of the pose checkpoint
     assert model.encoder.pos_embed.shape == (1, 5, 192) and isinstance(model.encoder.pos_embed, torch.nn.Parameter)
     assert model(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 21, 4, SIZE // 4, SIZE // 4)
+    # and it exports like any other: the learned embedding goes into the ONNX graph and the safetensors
+    run_ok("export", "--ckpt", tmp_path / "ft", "--out", tmp_path / "exported")
+    exported = json.loads((tmp_path / "exported" / "config.json").read_text())
+    assert exported["onnx"]["max_abs_diff_vs_torch"] < 1e-4 and "learned position embedding" in exported["architecture"]["encoder"]
+    from safetensors.torch import load_file
+    assert torch.equal(load_file(str(tmp_path / "exported" / "model.safetensors"))["encoder.pos_embed"],
+                       model.encoder.pos_embed.detach())
