@@ -9,7 +9,6 @@ import os
 import pickle
 import random
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -17,8 +16,8 @@ from typing import Callable, Iterable
 import click
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from shards.progress import progress
 from shards.schema import Sample, SampleError, encode_sample
 from shards.writer import ShardWriter
 
@@ -259,7 +258,7 @@ def convert_split(items: list, make_samples: Callable[[object], Iterable[Sample]
     # the (often large) annotation arrays bound into make_samples.
     global _WORK
     _WORK = functools.partial(_convert_item, make_samples, jpeg_quality)
-    bar = tqdm(total=len(items), initial=start, desc=desc, unit="item", dynamic_ncols=True, file=sys.stderr)
+    bar = progress(total=len(items), initial=start, desc=desc, unit="item", dynamic_ncols=True)
     pool = mp.get_context("fork").Pool(workers) if workers > 1 and todo else None
     try:
         results = pool.imap(_run_work, todo, chunksize=8) if pool else map(_run_work, todo)

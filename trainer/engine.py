@@ -26,7 +26,8 @@ one batch into a loss; everything else lives here, once:
   deterministic algorithms are switched on);
 - a NaN/inf loss on any rank stops every rank with the step and the batch's sample keys logged;
   nothing is saved after it, so the last good checkpoint stays `latest`;
-- a tqdm progress bar (rate, ETA) on rank 0, and periodic figures from the stage's `figure_fn`;
+- progress on rank 0 (a tqdm bar on a terminal, a plain line every 10 s in a log:
+  shards.progress), and periodic figures from the stage's `figure_fn`;
 - per rank, ranks/rank<r>.json at the end (steps/s, peak RSS, a digest of the parameters, which
   data-parallel ranks must share) and, with --log-keys, every micro-batch's sample keys.
 
@@ -72,9 +73,9 @@ from typing import Callable
 import click
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from shards.device import cuda_available, ensure_distributed_env
+from shards.progress import progress
 from shards.schema import SampleError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -342,8 +343,8 @@ def lr_at(step: float, base_lr: float, warmup_steps: float, total_steps: float, 
     """MAE's schedule per step: linear warm-up from 0, then half-cycle cosine to min_lr."""
     if step < warmup_steps:
         return base_lr * step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1.0, total_steps - warmup_steps))
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    fraction = min(1.0, (step - warmup_steps) / max(1.0, total_steps - warmup_steps))
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * fraction))
 
 
 def set_lr(optimizer, lr: float) -> None:
@@ -628,8 +629,8 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
     ranks_dir = run.run_dir / "ranks"
     ranks_dir.mkdir(parents=True, exist_ok=True)
     keys_log = open(ranks_dir / f"rank{dist.rank:05d}-keys.jsonl", "a") if settings.log_keys else None
-    bar = tqdm(total=stop_step, initial=step, unit="step", desc=run.stage, disable=not dist.is_main,
-               dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+    bar = progress(total=stop_step, initial=step, unit="step", desc=run.stage, disable=not dist.is_main,
+                   dynamic_ncols=True, mininterval=1.0)
     sums: dict[str, float] = {}
     count = 0
     began, first_step, samples = time.perf_counter(), step, 0

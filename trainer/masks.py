@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from shards.device import cuda_available
+from shards.progress import progress
 from shards.reader import iter_samples, read_manifest
 from shards.schema import EXT_IMAGE, EXT_MASK, SampleError, encode_png
 from shards.writer import ShardWriter
@@ -136,8 +136,8 @@ def predict_mask_shards(model, in_path, out_dir, *, threshold: float = 0.5, batc
                 counts["predicted" if png is not None else "kept"] += 1
                 writer.write(raw["__key__"], members, item)
 
-    bar = tqdm(total=total, initial=start, unit="sample", desc="masks", disable=not dist.is_main,
-               dynamic_ncols=True, file=sys.stderr)
+    bar = progress(total=total, initial=start, unit="sample", desc="masks", disable=not dist.is_main,
+                   dynamic_ncols=True)
     try:
         batches: list[list[dict]] = [[]]
         item = 0
