@@ -7,14 +7,19 @@ front of a pinhole camera and rasterised with numpy: every bone is a tapered cap
 slab, the forearm a capsule, all depth-tested per pixel (a z-buffer) and shaded from per-pixel
 normals. 3D joints, intrinsics, masks, part labels and depth are therefore exact.
 
-The two domains differ the way FreiHAND and RHD do, so adaptation has something to do:
+The two domains differ in how they look, not in the poses they show, so that the gap is the
+one an appearance-level method (the paper's) is meant to bridge:
   source ("studio"): light skin palette, frontal soft light, green-screen / plain / smooth
-      backgrounds varied by FreiHAND version (gs, hom, sample, auto), slimmer hands, mostly
-      upright, right hands only, narrow field of view, clean JPEGs.
+      backgrounds varied by FreiHAND version (gs, hom, sample, auto), slim hands, right hands
+      only, clean JPEGs.
   target ("rendered scene"): darker/olive skin palette, one directional light with specular and a
-      cast shadow, cluttered procedural backgrounds with skin-coloured distractors, thicker and
-      stubbier fingers with a longer palm, any in-plane rotation, both hands (left and right), wide
-      field of view, colour cast, gamma, blur and sensor noise.
+      cast shadow, cluttered procedural backgrounds with skin-coloured distractors and a second
+      hand, thicker fingers with slightly other proportions, both hands (left and right; the RHD
+      converter mirrors left ones), smaller in the image, colour cast, gamma, blur and sensor noise.
+  shared: the articulation model, the view distribution (yaw, pitch, in-plane roll: real hand
+      datasets are not uniformly rotated, and a 64 px model cannot tell a curled hand's palm from
+      its back reliably), the field of view. The target's root-relative 3D poses therefore follow
+      almost the source's distribution; only the small proportion change (a few mm) moves them.
 Backgrounds for background replacement come from scikit-image's bundled photographs, read from
 its data folder (never fetched).
 
@@ -78,6 +83,8 @@ class Style:
     palm_length: float
     thickness: float            # finger/palm radius factor
     roll_std_deg: float | None  # in-plane rotation spread around upright; None = uniform
+    yaw_deg: float              # rotation about the hand's long axis ~ U(-yaw, yaw): 0 palm to the camera, 180 back
+    pitch_deg: float            # tilt towards/away from the camera ~ U(-pitch, pitch)
     focal_per_size: tuple       # focal length range / image side
     box_per_size: tuple         # projected joint bounding-box side range / image side
     sleeve_prob: float
@@ -87,14 +94,16 @@ SOURCE_STYLE = Style(
     name="studio",
     skin=((0.94, 0.77, 0.66), (0.89, 0.69, 0.57), (0.97, 0.82, 0.71), (0.86, 0.66, 0.54), (0.92, 0.74, 0.63)),
     size_mean=1.0, size_std=0.06, finger_length=1.0, thumb_length=1.0, palm_length=1.0, thickness=1.0,
-    roll_std_deg=40.0, focal_per_size=(2.0, 2.8), box_per_size=(0.42, 0.62), sleeve_prob=0.3)
+    roll_std_deg=35.0, yaw_deg=100.0, pitch_deg=45.0, focal_per_size=(2.0, 2.8), box_per_size=(0.42, 0.62),
+    sleeve_prob=0.3)
 
 TARGET_STYLE = Style(
     name="scene",
     skin=((0.55, 0.37, 0.25), (0.68, 0.49, 0.33), (0.46, 0.31, 0.22), (0.76, 0.58, 0.40), (0.62, 0.47, 0.30),
           (0.72, 0.55, 0.46)),
-    size_mean=1.07, size_std=0.08, finger_length=0.88, thumb_length=1.08, palm_length=1.1, thickness=1.3,
-    roll_std_deg=None, focal_per_size=(0.85, 1.05), box_per_size=(0.22, 0.42), sleeve_prob=0.7)
+    size_mean=1.03, size_std=0.06, finger_length=0.96, thumb_length=1.03, palm_length=1.04, thickness=1.3,
+    roll_std_deg=35.0, yaw_deg=100.0, pitch_deg=45.0, focal_per_size=(2.0, 2.8), box_per_size=(0.3, 0.45),
+    sleeve_prob=0.7)
 
 
 @dataclass
@@ -219,8 +228,8 @@ def sample_rotation(rng: np.random.Generator, style: Style) -> np.ndarray:
     image, palm towards the camera; then yaw (palm/side/back), pitch and in-plane roll."""
     upright = np.diag([1.0, -1.0, -1.0])
     roll = rng.uniform(-np.pi, np.pi) if style.roll_std_deg is None else np.deg2rad(rng.normal(0, style.roll_std_deg))
-    yaw = rng.uniform(-np.pi, np.pi)
-    pitch = np.deg2rad(rng.uniform(-55, 55))
+    yaw = np.deg2rad(rng.uniform(-style.yaw_deg, style.yaw_deg))
+    pitch = np.deg2rad(rng.uniform(-style.pitch_deg, style.pitch_deg))
     x, y, z = np.eye(3)
     return rotation(z, roll) @ rotation(x, pitch) @ rotation(y, yaw) @ upright
 
@@ -564,7 +573,9 @@ def freihand_item(task):
         img = source_version_image(rng, canvas, FREIHAND_VERSIONS[index % 4], light)
         Image.fromarray(img).save(root / folder / "rgb" / f"{index:08d}.jpg", quality=92)
         Image.fromarray(mask).save(root / folder / "segmap" / f"{index:08d}.png")
-    k = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]])
+    # As released: FreiHAND's K counts pixel centres from 0 (docs/datasets.md), the renderer pixel
+    # corners (its principal point size/2 is the centre-convention size/2 - 0.5).
+    k = np.array([[focal, 0, size / 2 - 0.5], [0, focal, size / 2 - 0.5], [0, 0, 1]])
     return joints / 1000.0, k
 
 
@@ -811,7 +822,7 @@ def contact_sheet(paths: DemoPaths, out_png, columns: int = 8, tile: int = 128) 
         for v in range(4):
             tiles.append(tile_of(paths.source / "training" / "rgb" / f"{v * n + a:08d}.jpg"))
     for a in range(min(columns, n)):
-        uv = project(xyz[a] * 1000, ks[a][0][0], ks[a][0][2], ks[a][1][2])
+        uv = project(xyz[a] * 1000, ks[a][0][0], ks[a][0][2] + 0.5, ks[a][1][2] + 0.5)    # PIL draws in corners
         tiles.append(tile_of(paths.source / "training" / "rgb" / f"{n + a:08d}.jpg", uv))
     anno = pickle.loads((paths.target / "training" / "anno_training.pickle").read_bytes())
     ids = sorted(anno)[:2 * columns]

@@ -93,6 +93,7 @@ class ModelSpec:
     depth_bins: int
     head_channels: int
     depth_range_mm: float
+    deconv_layers: int = 2
     mean_pose: dict | None = None    # trainer.baselines.MeanPose of the fine-tuning source, when known
 
     @property
@@ -100,8 +101,13 @@ class ModelSpec:
         size = self.encoder.get("img_size", 256)
         return int(size if isinstance(size, int) else size[0])
 
+    @property
+    def heatmap_size(self) -> int:
+        """The token grid upsampled 2x per head deconvolution."""
+        return self.input_size // self.encoder.get("patch_size", 16) * 2 ** self.deconv_layers
+
     def volume(self, heatmap_size: int | None = None) -> HeatmapVolume:
-        return HeatmapVolume(self.input_size, heatmap_size, self.depth_bins, self.depth_range_mm)
+        return HeatmapVolume(self.input_size, heatmap_size or self.heatmap_size, self.depth_bins, self.depth_range_mm)
 
 
 def _run_dir_of(tag_dir: Path) -> Path | None:
@@ -147,6 +153,7 @@ def model_spec(path) -> ModelSpec:
         checkpoint=str(tag_dir), run_dir=None if run_dir is None else str(run_dir), step=meta.get("step"),
         joint_order=joint_order, encoder=dict(need("encoder")), num_joints=int(need("num_joints")),
         depth_bins=int(need("depth_bins")), head_channels=int(signature.get("head_channels", 256)),
+        deconv_layers=int(signature.get("deconv_layers", 2)),
         depth_range_mm=float(depth_range if depth_range is not None else DEPTH_RANGE_MM[KIND_OF_ORDER[joint_order]]),
         mean_pose=None if mean is None else mean.to_dict())
 

@@ -22,7 +22,7 @@ predictions red).
 
 Public API
     finetune(source, target, *, settings, init, model="base", input_size=256, patch_size=16,
-             depth_bins=64, head_channels=256, lambda_ar=None, use_ar=True, source_only=False,
+             depth_bins=64, head_channels=256, deconv_layers=2, lambda_ar=None, use_ar=True, source_only=False,
              layer_decay=None, drop_path=0.0, depth_range_mm=None, ar_reduction="sum_mean",
              sigma=2.0, augment=True) -> summary dict
     load_pose_model(path) -> (PoseModel, meta)   a finetune run/checkpoint, ready for evaluation;
@@ -42,6 +42,7 @@ from trainer import engine
 from trainer.baselines import mean_pose
 from trainer.engine import ConfigError, StepOutput
 from trainer.heatmaps import DEFAULT_SIGMA, DEPTH_RANGE_MM, decode_heatmaps, joints_to_voxels, pose_loss, voxels_to_joints
+from trainer.official_weights import encoder_overrides, init_path
 from trainer.pose import (LAMBDA_AR, CheckpointError, FrozenAttentionNet, PoseModel, attention_regularisation,
                           finetune_loss, load_pretrained, read_module_state_dict)
 from trainer.report import overlay_attention
@@ -108,6 +109,7 @@ def pose_figure(module: PoseModel, batch: dict, input_size: int, depth_range_mm:
 
 def finetune(source, target, *, settings: engine.TrainSettings, init: str, model: str = "base",
              input_size: int = 256, patch_size: int = 16, depth_bins: int = 64, head_channels: int = 256,
+             deconv_layers: int = 2,
              lambda_ar: float | None = None, use_ar: bool = True, source_only: bool = False,
              layer_decay: float | None = None, drop_path: float = 0.0, depth_range_mm: float | None = None,
              ar_reduction: str = "sum_mean", sigma: float = DEFAULT_SIGMA, augment: bool = True) -> dict:
@@ -127,12 +129,14 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
         encoder = vit_config(model, img_size=input_size, patch_size=patch_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if init != "none":  # e.g. ViTPose's learned position embedding (trainer.official_weights)
+        encoder.update(encoder_overrides(init_path(init)))
     num_joints = len(JOINT_ORDERS[joint_order])
     signature = {"class": "PoseModel", "encoder": encoder, "num_joints": num_joints, "depth_bins": depth_bins,
-                 "head_channels": head_channels}
+                 "head_channels": head_channels, "deconv_layers": deconv_layers}
     options = dict(source=str(source), target=str(target) if use_ar else None, init=str(init), model=model,
                    input_size=input_size, patch_size=patch_size, depth_bins=depth_bins, head_channels=head_channels,
-                   joint_order=joint_order, lambda_ar=lambda_ar if use_ar else 0.0, use_ar=use_ar,
+                   deconv_layers=deconv_layers, joint_order=joint_order, lambda_ar=lambda_ar if use_ar else 0.0, use_ar=use_ar,
                    source_only=source_only, layer_decay=layer_decay, drop_path=drop_path,
                    depth_range_mm=depth_range_mm, ar_reduction=ar_reduction, sigma=sigma, augment=augment,
                    # the constant-prediction baseline `trainer evaluate` scores next to this model
@@ -140,10 +144,10 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
     run = engine.start_run(STAGE, settings, options, signature)
 
     torch.manual_seed(settings.seed)
-    pose = PoseModel({**encoder, "drop_path_rate": drop_path}, num_joints, depth_bins, head_channels)
+    pose = PoseModel({**encoder, "drop_path_rate": drop_path}, num_joints, depth_bins, head_channels, deconv_layers)
     frozen = None
     if init != "none":
-        tag_dir = engine.checkpoint_tag_dir(init)
+        tag_dir = init_path(init)   # a run/tag directory, or a released MAE / timm / ViTPose file
         if (tag_dir / engine.META_FILE).is_file():
             meta = engine.read_checkpoint_meta(tag_dir)
             if meta["stage"] not in ("pretrain", STAGE):
@@ -206,7 +210,7 @@ def load_pose_model(path) -> tuple[PoseModel, dict]:
     if meta.get("stage") != STAGE:
         raise CheckpointError(f"{tag_dir} is a {meta.get('stage')} checkpoint, not a pose model (`trainer finetune`)")
     m = meta["model"]
-    model = PoseModel(m["encoder"], m["num_joints"], m["depth_bins"], m["head_channels"])
+    model = PoseModel(m["encoder"], m["num_joints"], m["depth_bins"], m["head_channels"], m.get("deconv_layers", 2))
     try:
         model.load_state_dict(read_module_state_dict(tag_dir))
     except RuntimeError as e:
@@ -217,12 +221,15 @@ def load_pose_model(path) -> tuple[PoseModel, dict]:
 @click.command(STAGE)
 @click.option("--source", required=True, help="labelled source shards")
 @click.option("--target", default=None, help="target shards (images only) for the attention regulariser")
-@click.option("--init", required=True, help="pre-training run directory or checkpoint, or 'none' (scratch)")
+@click.option("--init", required=True, help="pre-training run directory or checkpoint, a released MAE / timm "
+              "(.pth, .safetensors) / ViTPose (mmpose .pth) file, or 'none' (scratch)")
 @click.option("--model", type=click.Choice(sorted(VIT_SIZES)), default="base", show_default=True)
 @click.option("--input-size", type=int, default=256, show_default=True)
 @click.option("--patch-size", type=int, default=16, show_default=True)
 @click.option("--depth-bins", type=int, default=64, show_default=True, help="Dz, heatmap depth bins")
 @click.option("--head-channels", type=int, default=256, show_default=True)
+@click.option("--deconv-layers", type=int, default=2, show_default=True,
+              help="head upsampling steps (ViTPose: 2, heatmap stride 4 at 16 px patches; 1 keeps stride 4 at 8 px)")
 @click.option("--lambda-ar", type=float, default=None, help="L_AR weight (default 100 hands, 10 bodies)")
 @click.option("--no-ar", is_flag=True, help="no attention regulariser (the target is not read)")
 @click.option("--source-only", is_flag=True, help="source data only (no target, no regulariser)")

@@ -12,8 +12,8 @@ per-block class-token attention rows of E and A on the same target images:
 and Eq. 7: L = L_pose + lambda * L_AR, lambda 100 for hands, 10 for bodies.
 
 Public API
-    PoseModel(encoder_kwargs: dict, num_joints: int, depth_bins=64, head_channels=256)
-        .forward(images) -> heatmaps (B, K, Dz, H/4, W/4)
+    PoseModel(encoder_kwargs: dict, num_joints: int, depth_bins=64, head_channels=256, deconv_layers=2)
+        .forward(images) -> heatmaps (B, K, Dz, 2^deconv_layers h, 2^deconv_layers w) for an h x w token grid
         .forward_with_cls_attention(images) -> (heatmaps, attn (B, depth, N))
         .cls_attention(images) -> attn (B, depth, N)   encoder only (target images)
         .group_matcher(coarse=False)   for timm.optim.param_groups_layer_decay
@@ -47,17 +47,21 @@ PRETRAIN_ONLY_PREFIXES = ("decoder_", "mask_token", "head.")
 
 
 class PoseModel(nn.Module):
-    def __init__(self, encoder_kwargs: dict, num_joints: int, depth_bins: int = 64, head_channels: int = 256):
+    def __init__(self, encoder_kwargs: dict, num_joints: int, depth_bins: int = 64, head_channels: int = 256,
+                 deconv_layers: int = 2):
         super().__init__()
         self.encoder = ViTEncoder(**encoder_kwargs)
         self.num_joints, self.depth_bins = num_joints, depth_bins
-        width = self.encoder.embed_dim
-        self.head = nn.Sequential(
-            nn.ConvTranspose2d(width, head_channels, 4, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(head_channels), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(head_channels, head_channels, 4, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(head_channels), nn.ReLU(inplace=True),
-            nn.Conv2d(head_channels, num_joints * depth_bins, 1))
+        # ViTPose's classic head has 2 deconvolutions: heatmaps at 4x the token grid, stride 4 for
+        # 16 px patches. With 8 px patches (the small CPU configs), 1 keeps that stride of 4.
+        if deconv_layers < 1:
+            raise ValueError(f"the head needs at least one deconvolution, got deconv_layers={deconv_layers}")
+        layers, channels = [], self.encoder.embed_dim
+        for _ in range(deconv_layers):
+            layers += [nn.ConvTranspose2d(channels, head_channels, 4, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(head_channels), nn.ReLU(inplace=True)]
+            channels = head_channels
+        self.head = nn.Sequential(*layers, nn.Conv2d(head_channels, num_joints * depth_bins, 1))
         # ViTPose's head initialisation: small deconv/conv weights, unit BN.
         for m in self.head.modules():
             if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d)):

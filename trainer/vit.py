@@ -39,6 +39,9 @@ from torch import nn
 
 # Width, depth and heads of the standard ViT sizes (MLP ratio 4 throughout).
 VIT_SIZES = {
+    # Not a standard size: 4 blocks of width 128 for the CPU demo and benchmark, where a ViT-Tiny
+    # at 64 px learns too slowly to show anything in minutes (bench/README.md).
+    "micro": dict(embed_dim=128, depth=4, num_heads=4),
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
     "small": dict(embed_dim=384, depth=12, num_heads=6),
     "base": dict(embed_dim=768, depth=12, num_heads=12),

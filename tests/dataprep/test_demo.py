@@ -45,14 +45,15 @@ def test_source_is_freihand_layout_with_labels_on_the_hand(demo):
         k = np.array(json.loads((src / f"{folder}_K.json").read_text()))
         scale = np.array(json.loads((src / f"{folder}_scale.json").read_text()))
         assert xyz.shape == (n, 21, 3) and k.shape == (n, 3, 3) and scale.shape == (n,)
-        assert np.all(k[:, 0, 2] == 112) and np.all(k[:, 1, 2] == 112) and np.all(k[:, 2] == [0, 0, 1])
+        # FreiHAND's pixel-centre convention: the renderer's centre 112 (pixel corners) is 111.5
+        assert np.all(k[:, 0, 2] == 111.5) and np.all(k[:, 1, 2] == 111.5) and np.all(k[:, 2] == [0, 0, 1])
         assert np.all((xyz[..., 2] > 0.2) & (xyz[..., 2] < 2.0))                    # metres, in front
         np.testing.assert_allclose(scale, np.linalg.norm(xyz[:, 9] - xyz[:, 10], axis=1))
         assert np.all((scale > 0.03) & (scale < 0.06))                             # middle MCP->PIP, m
     xyz = np.array(json.loads((src / "training_xyz.json").read_text()))
     k = np.array(json.loads((src / "training_K.json").read_text()))
     for a in range(N_SRC):
-        uv = uv_of(xyz[a], k[a])
+        uv = uv_of(xyz[a], k[a]) + 0.5                                              # pixel corners
         assert uv.min() > 5 and uv.max() < 219                                     # whole hand in view
         u, v = np.floor(uv).astype(int).T
         mask = np.asarray(Image.open(src / "training" / "mask" / f"{a:08d}.jpg").convert("L")) > 240
@@ -206,7 +207,7 @@ def test_cli_is_deterministic_and_sized(tmp_path):
     assert Image.open(tmp_path / "a" / "FreiHAND_pub_v2" / "training" / "rgb" / "00000003.jpg").size == (96, 96)
     assert Image.open(tmp_path / "a" / "RHD_published_v2" / "evaluation" / "color" / "00000.png").size == (128, 128)
     k = json.loads((tmp_path / "a" / "FreiHAND_pub_v2" / "training_K.json").read_text())
-    assert k[0][0][2] == 48 and k[0][1][2] == 48
+    assert k[0][0][2] == 47.5 and k[0][1][2] == 47.5                       # pixel-centre convention
     assert json.loads((tmp_path / "a" / "demo.json").read_text())["seed"] == 7
 
     res = run("demo", tmp_path / "d", "--source-size", 0)
