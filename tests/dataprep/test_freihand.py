@@ -1,7 +1,6 @@
 """FreiHAND fixture in its exact released layout -> shards; joints, units, projection, masks,
 splits, resume after kill -9, bad input."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 

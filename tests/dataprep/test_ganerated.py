@@ -1,6 +1,5 @@
 """`dataprep ganerated` on a GANeratedHands_Release-layout fixture: 256x256 PNG crops, the
 comma-separated txt files, known camera-frame joints and crop parameters."""
-import json
 
 import numpy as np
 from click.testing import CliRunner

@@ -13,7 +13,6 @@ from PIL import Image
 from dataprep.cli import cli
 from dataprep.h36m import CAMERA_CONSTANTS
 from shards import iter_samples, read_manifest
-from shards.schema import SampleError
 from tests.body_fixtures import (BLUE, GREEN, H36M17_NAMES, H36M32_NAMES, RED, body_axes, check_body,
                                  colour_centroid, disk_mask, frame_image, mat73_array, mat73_file, place, raw,
                                  write_video)
