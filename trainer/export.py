@@ -55,8 +55,14 @@ def export_state_dict(model: PoseModel) -> dict:
 def describe(model: PoseModel, spec, opset: int) -> dict:
     """config.json: how to prepare the input and decode the output, without this project."""
     size = spec.input_size
-    D, H, W = spec.depth_bins, size // 4, size // 4
+    with torch.no_grad():   # the head's depth decides the heatmap size: read it off a forward pass
+        D, H, W = model.float().cpu().eval()(torch.zeros(1, 3, size, size)).shape[2:]
     enc = spec.encoder
+    patch = enc.get("patch_size", 16)
+    deconvs = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in model.head)
+    kinds = {torch.nn.ConvTranspose2d: "ConvTranspose2d 4x4 s2 p1 no bias", torch.nn.BatchNorm2d: "BatchNorm2d",
+             torch.nn.Conv2d: "Conv2d 1x1"}
+    head_keys = ", ".join(f"head.{i} {kinds[type(m)]}" for i, m in enumerate(model.head) if type(m) in kinds)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "source_checkpoint": spec.checkpoint, "step": spec.step,
@@ -83,13 +89,14 @@ def describe(model: PoseModel, spec, opset: int) -> dict:
             "encoder": "ViT (timm VisionTransformer layout: class token, "
                        + ("learned" if enc.get("learned_pos_embed") else "fixed 2D sin-cos")
                        + " position embedding, pre-norm blocks with qkv bias, LayerNorm eps 1e-6, final norm)",
-            "img_size": size, "patch_size": enc.get("patch_size", 16), "embed_dim": enc["embed_dim"],
+            "img_size": size, "patch_size": patch, "embed_dim": enc["embed_dim"],
             "depth": enc["depth"], "num_heads": enc["num_heads"], "mlp_ratio": enc.get("mlp_ratio", 4.0),
-            "head": "patch tokens (class token dropped) -> (C, H/16, W/16) -> 2 x [ConvTranspose2d 4x4 s2 p1 "
-                    "no bias + BatchNorm2d + ReLU] -> Conv2d 1x1 to K*Dz, viewed as (K, Dz, H/4, W/4)",
-            "head_channels": spec.head_channels, "num_joints": spec.num_joints, "depth_bins": D,
-            "safetensors_keys": "encoder.* = timm VisionTransformer keys (pos_embed included); "
-                                "head.0/3 ConvTranspose2d, head.1/4 BatchNorm2d, head.6 Conv2d"},
+            "head": f"patch tokens (class token dropped) -> (C, H/{patch}, W/{patch}) -> {deconvs} x "
+                    "[ConvTranspose2d 4x4 s2 p1 no bias + BatchNorm2d + ReLU] -> Conv2d 1x1 to K*Dz, viewed as "
+                    f"(K, Dz, {H}, {W})",
+            "deconv_layers": deconvs, "head_channels": spec.head_channels, "num_joints": spec.num_joints,
+            "depth_bins": D,
+            "safetensors_keys": "encoder.* = timm VisionTransformer keys (pos_embed included); " + head_keys},
         "onnx": {"file": "model.onnx", "opset": opset, "dynamic_axes": ["batch"]},
         "safetensors": {"file": "model.safetensors"},
         "torch": torch.__version__,

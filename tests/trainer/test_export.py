@@ -82,9 +82,11 @@ def test_safetensors_load_into_timm_without_this_project(exported, run_dir):
                             num_classes=0, global_pool="")
     vit.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
     C, K, D = arch["head_channels"], arch["num_joints"], arch["depth_bins"]
-    head = nn.Sequential(nn.ConvTranspose2d(arch["embed_dim"], C, 4, 2, 1, bias=False), nn.BatchNorm2d(C), nn.ReLU(),
-                         nn.ConvTranspose2d(C, C, 4, 2, 1, bias=False), nn.BatchNorm2d(C), nn.ReLU(),
-                         nn.Conv2d(C, K * D, 1))
+    layers, channels = [], arch["embed_dim"]
+    for _ in range(arch["deconv_layers"]):
+        layers += [nn.ConvTranspose2d(channels, C, 4, 2, 1, bias=False), nn.BatchNorm2d(C), nn.ReLU()]
+        channels = C
+    head = nn.Sequential(*layers, nn.Conv2d(C, K * D, 1))
     head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
     vit.eval(), head.eval()
 
@@ -92,7 +94,8 @@ def test_safetensors_load_into_timm_without_this_project(exported, run_dir):
     g = SIZE // arch["patch_size"]
     with torch.no_grad():
         tokens = vit.forward_features(x)[:, 1:]                        # drop the class token
-        out = head(tokens.transpose(1, 2).reshape(2, -1, g, g)).view(2, K, D, 4 * g, 4 * g)
+        up = 2 ** arch["deconv_layers"]
+        out = head(tokens.transpose(1, 2).reshape(2, -1, g, g)).view(2, K, D, up * g, up * g)
         model, _ = load_checkpoint(run_dir)
         want = model(x)
     assert torch.allclose(out, want, atol=1e-6, rtol=0)
