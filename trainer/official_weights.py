@@ -99,7 +99,11 @@ def _load_file(path: str) -> dict:
             return load_file(path, device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, or needs unsafe unpickling: say which file
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        # Released files sometimes carry more than tensors (mmcv's 'meta', optimizer state), which
+        # weights_only=True refuses to unpickle: say how to keep just the weights.
+        raise CheckpointError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {e}. If it is "
+                              "a file you trust that holds more than tensors, save its state dict alone, e.g. "
+                              "torch.save(torch.load(f, weights_only=False)['state_dict'], 'weights.pth')") from e
 
 
 def _unwrap(obj) -> tuple[dict, str | None]:
