@@ -10,7 +10,9 @@ The crop, as in training: a square around the hand/body, resized to the network 
 --boxes FILE (JSON: {"<image file name or frame index>": [x0, y0, x1, y1], ...}, image pixels, a
 box tight around the hand/body) the square is centred on the box with side = --context (1.5, the
 conversions' default) x its longer side, padded with black where it leaves the image. Images
-without a box are used whole (a square around the whole image).
+without a box are used whole (a square around the whole image). Left hands: the conversions mirror
+them into right hands, so the model has only seen right hands; --mirror (every input) or an entry
+{"box": [x0, y0, x1, y1], "mirror": true} mirrors the crop, and the prediction is mirrored back.
 
 The camera: --intrinsics FX FY CX CY (image pixels), or the default: f = max(width, height) pixels
 (about a 53 degree field of view across the longer side, typical of phone and web cameras) with
@@ -22,14 +24,15 @@ typical adult lengths) has that length. Each line records what was used.
 predictions.jsonl, per image: image, box (the square crop, image px), intrinsics [fx, fy, cx, cy]
 and intrinsics_from, joints2d_px (K x 2, image pixels, (0, 0) = top-left corner of the first
 pixel), joints3d_mm (K x 3, camera axes, root-relative), root_camera_mm (the root joint's camera
-coordinates at the chosen depth), root_depth_from, peak (K heatmap maxima, a rough confidence),
+coordinates at the chosen depth), root_depth_from, mirrored, peak (K heatmap maxima, a rough confidence),
 joint_names. With --skip-bad, an image that cannot be used gets {"image", "error"} instead.
 
 Runs on the GPU when CUDA is present (shards.device), on the CPU otherwise.
 
 Public API
     predict(ckpt, input_path, out_dir, *, boxes=None, intrinsics=None, root_depth_mm=None,
-            context=1.5, batch_size=16, decode="argmax", skip_bad=False, overlays=True) -> summary dict
+            context=1.5, batch_size=16, decode="argmax", skip_bad=False, overlays=True, mirror=False)
+        -> summary dict
     crop_box(box, context) -> (x0, y0, side);  whole_image_box(w, h) -> (x0, y0, side)
     crop_image(image, x0, y0, side, size) -> (size, size, 3) uint8
     root_depth_for_bone(uv_a, uv_b, z_a, z_b, intrinsics, length_mm) -> float | None
@@ -197,6 +200,7 @@ class Item:
     box: tuple[float, float, float]          # x0, y0, side of the square crop
     intrinsics: list[float]
     intrinsics_from: str
+    mirror: bool = False                     # a left hand: the crop is flipped, the prediction back
 
 
 def normalise(crops: np.ndarray) -> torch.Tensor:
@@ -210,12 +214,15 @@ def normalise(crops: np.ndarray) -> torch.Tensor:
 @torch.inference_mode()
 def run_batch(model, spec, items: list[Item], device, decode: str, root_depth_mm: float | None) -> list[dict]:
     size = spec.input_size
-    crops = np.stack([crop_image(it.image, *it.box, size) for it in items])
+    crops = np.stack([crop_image(it.image, *it.box, size)[:, ::-1] if it.mirror else crop_image(it.image, *it.box, size)
+                      for it in items])
     heatmaps = model(normalise(crops).to(device)).float()
     peak = heatmaps.flatten(2).amax(-1).cpu().numpy()
     uvz = decode_heatmaps(heatmaps, decode).cpu().numpy()
     uv_in, z_rel = voxels_to_input_px(uvz, spec.volume(heatmaps.shape[-1]))
     z_rel = z_rel - z_rel[:, ROOT_JOINT:ROOT_JOINT + 1]   # the predicted root is the root: exactly 0
+    flipped = np.array([it.mirror for it in items])
+    uv_in[flipped, :, 0] = size - uv_in[flipped, :, 0]   # continuous coordinates: u -> size - u
     records = []
     for i, it in enumerate(items):
         x0, y0, side = it.box
@@ -237,7 +244,8 @@ def run_batch(model, spec, items: list[Item], device, decode: str, root_depth_mm
             "image": it.name, "box": [x0, y0, x0 + side, y0 + side], "intrinsics": list(map(float, k)),
             "intrinsics_from": it.intrinsics_from, "joints2d_px": uv_img.round(3).tolist(),
             "joints3d_mm": (joints - root).round(3).tolist(), "root_camera_mm": root.round(3).tolist(),
-            "root_depth_from": how, "peak": peak[i].round(5).tolist(), "joint_order": spec.joint_order})
+            "root_depth_from": how, "mirrored": it.mirror, "peak": peak[i].round(5).tolist(),
+            "joint_order": spec.joint_order})
     return records
 
 
@@ -296,7 +304,7 @@ class VideoWriter:
 
 # -- the command --------------------------------------------------------------------------------
 def predict(ckpt, input_path, out_dir, *, boxes=None, intrinsics=None, root_depth_mm=None, context=DEFAULT_CONTEXT,
-            batch_size=16, decode="argmax", skip_bad=False, overlays=True) -> dict:
+            batch_size=16, decode="argmax", skip_bad=False, overlays=True, mirror=False) -> dict:
     from trainer.evaluate import load_checkpoint
     input_path, out_dir = Path(input_path), Path(out_dir)
     if context <= 0 or batch_size < 1:
@@ -311,6 +319,8 @@ def predict(ckpt, input_path, out_dir, *, boxes=None, intrinsics=None, root_dept
     model, spec = load_checkpoint(ckpt, device=device)
     if spec.joint_order not in REFERENCE_BONE:
         raise ConfigError(f"{spec.checkpoint}: no reference bone for joint order {spec.joint_order}")
+    if spec.joint_order != "hand21" and (mirror or any(isinstance(b, dict) and b.get("mirror") for b in box_table.values())):
+        raise ConfigError("mirroring is for left hands; a mirrored body would also swap its left and right joints")
     out_dir.mkdir(parents=True, exist_ok=True)
     if overlays and kind == "images":
         (out_dir / "overlays").mkdir(exist_ok=True)
@@ -328,6 +338,10 @@ def predict(ckpt, input_path, out_dir, *, boxes=None, intrinsics=None, root_dept
         image = read_image(image_or_path) if kind == "images" else image_or_path
         h, w = image.shape[:2]
         box = box_table.get(name, box_table.get(f"frame{int(name):06d}") if kind == "video" else None)
+        flip = mirror
+        if isinstance(box, dict):   # {"box": [...], "mirror": true}
+            flip = bool(box.get("mirror", mirror))
+            box = box.get("box")
         if box is not None:
             try:
                 square = crop_box(check_box(box, w, h), context)
@@ -337,7 +351,7 @@ def predict(ckpt, input_path, out_dir, *, boxes=None, intrinsics=None, root_dept
             square = whole_image_box(w, h)
         k, how = (list(intrinsics), "given (--intrinsics)") if intrinsics is not None else \
             (default_intrinsics(w, h), "default: f = max(width, height) px, principal point at the image centre")
-        return Item(name, image, square, k, how)
+        return Item(name, image, square, k, how, flip)
 
     with open(out_dir / "predictions.jsonl", "w") as out, \
             tqdm(total=total, unit="img" if kind == "images" else "frame", desc="predict", dynamic_ncols=True) as bar:
@@ -390,13 +404,16 @@ def predict(ckpt, input_path, out_dir, *, boxes=None, intrinsics=None, root_dept
               help="camera depth of the root joint (default: from a reference bone's typical length)")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--decode", type=click.Choice(["argmax", "soft_argmax"]), default="argmax", show_default=True)
+@click.option("--mirror", is_flag=True, help="the inputs show left hands: mirror the crops (the model has seen right "
+              "hands only) and the predictions back; per image: {\"box\": [...], \"mirror\": true} in --boxes")
 @click.option("--skip-bad", is_flag=True, help="record unreadable images and bad boxes in predictions.jsonl and go on")
 @click.option("--no-overlays", is_flag=True, help="write predictions.jsonl only")
 @engine.clear_errors
-def cli(ckpt, out_dir, input_path, boxes, context, intrinsics, root_depth_mm, batch_size, decode, skip_bad, no_overlays):
+def cli(ckpt, out_dir, input_path, boxes, context, intrinsics, root_depth_mm, batch_size, decode, mirror, skip_bad,
+        no_overlays):
     """Predict 3D joints on a folder of images or a video with a fine-tuned model."""
     summary = predict(ckpt, input_path, out_dir, boxes=boxes, intrinsics=intrinsics, root_depth_mm=root_depth_mm,
                       context=context, batch_size=batch_size, decode=decode, skip_bad=skip_bad,
-                      overlays=not no_overlays)
+                      overlays=not no_overlays, mirror=mirror)
     click.echo(f"{summary['predicted']} predicted, {summary['skipped']} skipped ({summary['device']}) -> "
                f"{out_dir}/predictions.jsonl")

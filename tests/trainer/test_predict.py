@@ -154,3 +154,23 @@ def test_root_depth_for_bone_recovers_a_known_camera_depth():
     z = root_depth_for_bone(uv[0], uv[1], 0.0, tip[2] - root[2], k, float(np.linalg.norm(tip - root)))
     assert z == pytest.approx(640.0, rel=1e-9)
     assert root_depth_for_bone(uv[0], uv[1], 0.0, 200.0, k, 90.0) is None   # depth gap alone > bone
+
+
+def test_mirrored_left_hand_gives_the_mirror_image_of_the_prediction(run_dir, tmp_path):
+    """A left hand is the mirror of a right one: --mirror (here per image, in the boxes file)
+    flips the crop for the model and the prediction back, so a mirrored photo gives the mirrored
+    joints: u -> width - u in 2D, X -> -X in 3D (principal point on the centre line)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    hand = smooth_image(48, 8)
+    Image.fromarray(hand).save(photos / "right.png")
+    Image.fromarray(np.ascontiguousarray(hand[:, ::-1])).save(photos / "left.png")
+    (tmp_path / "boxes.json").write_text(json.dumps({"left.png": {"box": [0, 0, 48, 48], "mirror": True}}))
+    run_ok("predict", "--ckpt", run_dir, "--out", tmp_path / "out", photos, "--boxes", tmp_path / "boxes.json",
+           "--context", 1.0, "--intrinsics", 60, 60, 24, 24, "--root-depth-mm", 500, "--no-overlays")
+    left, right = lines(tmp_path / "out")
+    assert left["mirrored"] is True and right["mirrored"] is False and left["box"] == right["box"]
+    uv_l, uv_r = np.array(left["joints2d_px"]), np.array(right["joints2d_px"])
+    assert np.allclose(uv_l[:, 0], 48 - uv_r[:, 0], atol=1e-2) and np.allclose(uv_l[:, 1], uv_r[:, 1], atol=1e-2)
+    j_l, j_r = np.array(left["joints3d_mm"]), np.array(right["joints3d_mm"])
+    assert np.allclose(j_l * [-1, 1, 1], j_r, atol=1e-2) and np.abs(j_r[:, 0]).max() > 0
