@@ -17,7 +17,8 @@ from .writer import MANIFEST
 def list_shards(path) -> list[Path]:
     """A shard file, a directory of shards (`*.tar`, sorted), or a brace/glob pattern."""
     path = str(path)
-    if Path(path).is_dir():
+    # A brace list of hundreds of shards is longer than a file name may be: never stat it whole.
+    if not _is_pattern(path) and Path(path).is_dir():
         found = sorted(Path(path).glob("*.tar"))
         if not found:
             raise FileNotFoundError(f"no .tar shards in {path}")
@@ -31,6 +32,10 @@ def list_shards(path) -> list[Path]:
     return found
 
 
+def _is_pattern(path: str) -> bool:
+    return any(c in path for c in "{*?[")
+
+
 def index_path(shard: Path) -> Path:
     return shard.with_suffix(".idx")
 
@@ -38,7 +43,7 @@ def index_path(shard: Path) -> Path:
 def read_manifest(path) -> dict:
     """manifest.json of a shard directory (or of the directory holding a shard file)."""
     p = Path(path)
-    p = p if p.is_dir() else p.parent
+    p = p.parent if _is_pattern(str(path)) or not p.is_dir() else p
     m = p / MANIFEST
     if not m.exists():
         raise FileNotFoundError(f"{m} missing: the conversion did not finish (rerun it to resume)")
