@@ -31,7 +31,7 @@ def read_index(img: np.ndarray) -> int:
     return sum(1 << b for b in range(BITS) if img[8:-8, 8 * b + 2: 8 * b + 6].mean() > 130)
 
 
-VIDEOS = {"h264.avi": "libx264", "h264.mp4": "libx264", "mpeg4.avi": "mpeg4"}
+VIDEOS = {"h264.avi": "libx264", "h264.mp4": "libx264", "mpeg4.avi": "mpeg4", "h264.mkv": "libx264"}
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +45,12 @@ def videos(tmp_path_factory):
 def record_starts(monkeypatch) -> list:
     """Where each decoding run began: None = the start of the file, j = the j-th keyframe."""
     starts = []
-    original = video._start
+    original = video._Run
 
-    def start(path, sample, index, key):
+    def run(path, sample, index, key):
         starts.append(key)
         return original(path, sample, index, key)
-    monkeypatch.setattr(video, "_start", start)
+    monkeypatch.setattr(video, "_Run", run)
     return starts
 
 
@@ -73,7 +73,9 @@ def test_frames_by_presentation_order_with_seeking(videos, name, monkeypatch):
     assert [i for i, _ in video_frames(path, range(N))] == list(range(N))
     assert all(read_index(img) == i for i, img in video_frames(path, range(N)))
     idx = video_index(path)
-    assert idx.packets == N and idx.key_frame[0] == 0 and len(idx.key_frame) >= 4
+    assert idx.packets == N and idx.key_decoded[0] == 0 and len(idx.key_decoded) >= 4
+    # MP4's sample table and AVI's idx1 list every frame; Matroska's cues do not: one demux pass
+    assert idx.source == ("demux pass" if name.endswith(".mkv") else "container index")
     starts = record_starts(monkeypatch)
     rng = np.random.default_rng(len(name))
     wanted_sets = [[0], [5], [1, 2, 3], [11, 12, 13], [23, 24, 25, 36, 49], [47, 48, 49]]
@@ -82,9 +84,11 @@ def test_frames_by_presentation_order_with_seeking(videos, name, monkeypatch):
         for gap in (0, 2, 200):
             got = [(i, read_index(img)) for i, img in video_frames(path, wanted, seek_gap=gap)]
             assert got == [(int(i), int(i)) for i in wanted], (name, gap, wanted)
-    # seeks happened and none of them fell back to decoding from the start
+    # seeks happened, and a seek to keyframe 1 starts at frame GOP
     assert any(k is not None and k > 0 for k in starts)
-    assert idx.key_frame[1] == GOP
+    run = video._Run(path, None, idx, 1)
+    assert run.first == GOP and read_index(next(run.frames)[1].to_ndarray(format="rgb24")) == GOP
+    run.close()
 
 
 def test_mpeg4_keyframe_is_shown_after_frames_decoded_later(videos):
@@ -94,7 +98,10 @@ def test_mpeg4_keyframe_is_shown_after_frames_decoded_later(videos):
         stream = c.streams.video[0]
         keys = [n for n, p in enumerate(q for q in c.demux(stream) if q.size) if p.is_keyframe]
     idx = video_index(videos / "mpeg4.avi")
-    assert keys[1] < idx.key_frame[1] == GOP
+    assert idx.key_decoded[1] == keys[1] < GOP
+    run = video._Run(videos / "mpeg4.avi", None, idx, 1)
+    assert run.first == GOP                     # decoded after keys[1] frames, shown after GOP frames
+    run.close()
     assert [read_index(img) for _, img in video_frames(videos / "mpeg4.avi", [GOP - 2, GOP - 1, GOP], seek_gap=0)] == \
         [GOP - 2, GOP - 1, GOP]
 
