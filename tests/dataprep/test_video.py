@@ -1,8 +1,8 @@
 """The video reader gives frame N as the N-th frame in presentation order: H.264 with B-frames in
-AVI (no timestamps; FFmpeg's invented ones come out of order), H.264 in MP4 and MPEG-4 Part 2 with
-B-frames in AVI, each frame's content encoding its index; with and without seeking. Then the
-same through the converters: 3DHP (H.264 AVI) and Human3.6M (MP4) samples show the frame their
-meta names."""
+AVI (no timestamps; FFmpeg's invented ones come out of order), H.264 in MP4 and MKV, MPEG-4 Part 2
+with B-frames in AVI and MP4, each frame's content encoding its index; with and without seeking.
+Then the same through the converters: 3DHP (H.264 AVI) and Human3.6M (MP4) samples show the frame
+their meta names."""
 import av
 import numpy as np
 import pytest
@@ -31,7 +31,7 @@ def read_index(img: np.ndarray) -> int:
     return sum(1 << b for b in range(BITS) if img[8:-8, 8 * b + 2: 8 * b + 6].mean() > 130)
 
 
-VIDEOS = {"h264.avi": "libx264", "h264.mp4": "libx264", "mpeg4.avi": "mpeg4", "h264.mkv": "libx264"}
+VIDEOS = {"h264.avi": "libx264", "h264.mp4": "libx264", "mpeg4.avi": "mpeg4", "mpeg4.mp4": "mpeg4", "h264.mkv": "libx264"}
 
 
 @pytest.fixture(scope="module")
