@@ -19,7 +19,10 @@ one batch into a loss; everything else lives here, once:
 - checkpoints every N steps and at the end, the last k kept; each holds DeepSpeed's state (model,
   optimizer, step) plus our sidecars posemae.json (stage, model signature, step, world size) and
   rank<r>.json (that rank's loader positions); `latest` is replaced atomically once every rank's
-  files are complete, so it only ever names a complete checkpoint;
+  files are complete and fsynced, so it only ever names a complete checkpoint (a kill -9 mid-write
+  leaves the previous one as `latest`). A write that fails on any rank (disk full) stops every
+  rank with one CheckpointWriteError naming the error and the `latest` still intact; the
+  incomplete tag directory is removed, nothing older is touched;
 - `--resume`: model, optimizer, step, schedule and every loader's position come back; randomness
   is re-seeded from (seed, rank, micro-step) before every micro-batch, so a run killed at any
   moment and resumed gives the same weights as an uninterrupted run (bit for bit on CPU, where
@@ -54,7 +57,7 @@ Public API
         {"stage", "model" (the signature the stage built), "step", "world_size", "epoch", "options"}
     model_inputs(engine, images), to_uint8(images), image_grid(rows), weights_digest(module)
     log_images(run, {name: PIL.Image}, step)   figures into TensorBoard (and W&B with --wandb)
-    ConfigError, NonFiniteLossError
+    ConfigError, NonFiniteLossError, CheckpointWriteError
 """
 from __future__ import annotations
 
@@ -84,8 +87,9 @@ CHECKPOINTS = "checkpoints"
 META_FILE = "posemae.json"          # per checkpoint: stage, model signature, step, world size
 TAG_PREFIX = "step"
 # Options that may change between a run and its --resume: they steer bookkeeping, not the maths.
+# run_dir too: a run moved to a disk with room (after a full one) continues where it is now.
 RESUMABLE_OPTIONS = {"resume", "max_steps", "log_every", "figure_every", "checkpoint_every", "keep_checkpoints",
-                     "log_keys", "wandb"}
+                     "log_keys", "wandb", "run_dir"}
 
 
 class ConfigError(ValueError):
@@ -94,6 +98,11 @@ class ConfigError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the message names the step and the batch's samples."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, quota, I/O error) on some rank; the message
+    names the checkpoint, the error and the `latest` that is still intact."""
 
 
 # -- settings and the click layer ------------------------------------------------------------
@@ -182,7 +191,8 @@ def clear_errors(command):
         from trainer.pose import CheckpointError
         try:
             return command(*args, **kwargs)
-        except (ConfigError, CheckpointError, SampleError, FileNotFoundError, FileExistsError, NonFiniteLossError) as e:
+        except (ConfigError, CheckpointError, SampleError, FileNotFoundError, FileExistsError, NonFiniteLossError,
+                CheckpointWriteError) as e:
             raise click.ClickException(str(e)) from None
     return wrapper
 
@@ -594,20 +604,43 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
             return next(iterators[name])
 
     def save(at_step: int) -> None:
-        tag_dir = run.checkpoint_dir / tag_for(at_step)
-        tag_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_json(tag_dir / f"rank{dist.rank:05d}.json",
-                     {"step": at_step, "loaders": {n: loader.state_dict() for n, loader in loaders.items()}})
-        if dist.is_main:
-            _atomic_json(tag_dir / META_FILE, {
-                "stage": run.stage, "model": run.model_signature, "step": at_step, "world_size": dist.world_size,
-                "epoch": at_step / steps_per_epoch, "options": run.options})
-        engine.save_checkpoint(str(run.checkpoint_dir), tag=tag_for(at_step), save_latest=False)
+        tag = tag_for(at_step)
+        tag_dir = run.checkpoint_dir / tag
+        # A write that fails on one rank (disk full, quota, I/O error) must stop every rank with
+        # the same message, not leave the others waiting in a collective: each rank takes part in
+        # every collective below whatever failed on it.
+        error = None
+        try:
+            tag_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_json(tag_dir / f"rank{dist.rank:05d}.json",
+                         {"step": at_step, "loaders": {n: loader.state_dict() for n, loader in loaders.items()}})
+            if dist.is_main:
+                _atomic_json(tag_dir / META_FILE, {
+                    "stage": run.stage, "model": run.model_signature, "step": at_step, "world_size": dist.world_size,
+                    "epoch": at_step / steps_per_epoch, "options": run.options})
+        except OSError as e:
+            error = e
+        if not _any_rank(error is not None, engine.device, dist.world_size):
+            try:
+                engine.save_checkpoint(str(run.checkpoint_dir), tag=tag, save_latest=False)
+            except (OSError, RuntimeError) as e:   # torch's zip writer reports ENOSPC as a RuntimeError
+                error = e
+                # DeepSpeed's save ends in a barrier that the ranks whose writes succeeded wait in
+                torch.distributed.barrier()
+            if error is None:
+                try:   # on disk before `latest` names it: a lost node's page cache holds nothing we need
+                    _fsync_dir(tag_dir)
+                except OSError as e:
+                    error = e
+        failures = [None] * dist.world_size
+        torch.distributed.all_gather_object(failures, None if error is None else f"rank {dist.rank}: {error}")
+        if any(failures):
+            _checkpoint_write_failed(run, tag, [f for f in failures if f])
         # `latest` moves only once every rank's files are complete (DeepSpeed's own write does not
         # wait for the other ranks), atomically: a kill at any moment leaves a loadable `latest`.
-        torch.distributed.barrier()
         if dist.is_main:
-            _atomic_text(run.checkpoint_dir / "latest", tag_for(at_step))
+            _atomic_text(run.checkpoint_dir / "latest", tag)
+            _fsync_dir(run.checkpoint_dir, files=False)
             prune_checkpoints(run.checkpoint_dir, settings.keep_checkpoints, at_step)
         torch.distributed.barrier()
 
@@ -688,6 +721,54 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
     _atomic_json(ranks_dir / f"rank{dist.rank:05d}.json",
                  {**summary, "rank": dist.rank, "parameters_sha256": weights_digest(engine.module)})
     return summary
+
+
+def _any_rank(flag: bool, device, world_size: int) -> bool:
+    """True on every rank when `flag` is true on any."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    if world_size > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _fsync_dir(directory: Path, files: bool = True) -> None:
+    """fsync a directory's files (those another rank wrote too: cheap when already flushed) and
+    the directory itself, so renames into it survive a crash of the machine, not only of us."""
+    if files:
+        for path in directory.iterdir():
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _checkpoint_write_failed(run: Run, tag: str, failures: list[str]) -> None:
+    """Every rank gets here together. The incomplete tag directory goes (it may hold most of a
+    checkpoint's bytes on the full disk); `latest` and every older checkpoint stay as they were."""
+    latest = latest_tag(run.checkpoint_dir)
+    free_mib = shutil.disk_usage(run.checkpoint_dir).free / 2**20   # before the removal frees some
+    torch.distributed.barrier()
+    if run.dist.is_main and tag != latest:
+        shutil.rmtree(run.checkpoint_dir / tag, ignore_errors=True)
+    torch.distributed.barrier()
+    try:
+        run.log({"event": "checkpoint_write_failed", "checkpoint": tag, "errors": failures, "latest": latest,
+                 "free_mib": round(free_mib, 1)})
+    except OSError:   # the same full disk: the error below says it all
+        pass
+    raise CheckpointWriteError(
+        f"checkpoint {tag} could not be written to {run.checkpoint_dir}"
+        + (": the filesystem is full" if free_mib < 1 else "") + f" ({'; '.join(failures)}; "
+        f"{free_mib:.1f} MiB were free there). The incomplete {tag} was removed and nothing older was touched: "
+        + (f"latest is still {latest}. Free some space, then continue with --resume"
+           if latest else "there is no earlier checkpoint. Free some space, then start again"))
 
 
 def weights_digest(module: torch.nn.Module) -> str:

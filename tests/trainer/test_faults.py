@@ -1,0 +1,154 @@
+"""Faults a cluster deals out, each on a real run (`trainer finetune`, ViT-Tiny at 32 px, the DALI
+CPU pipeline, a DeepSpeed engine, synthetic shards): SIGKILL in the middle of a checkpoint write,
+a disk that fills during one, shards corrupted after conversion, and a rank killed in a two-rank
+run. Each checks what is left on disk and that --resume gives the uninterrupted run's weights."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
+from tests.trainer.tiny_run import DEPTH_BINS, TINY, source_shards
+from trainer.cli import cli
+from trainer.engine import checkpoint_tag_dir, check_loads_safely
+from trainer.pose import read_module_state_dict
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 6   # 24 samples, batch 8: 3 steps per epoch, 2 epochs; checkpoints at 2, 4 and 6
+
+
+def finetune_args(source, run_dir, *extra):
+    return ["finetune", "--source", source, "--init", "none", "--source-only", *TINY, "--depth-bins", DEPTH_BINS,
+            "--head-channels", 16, "--epochs", 2, "--warmup-epochs", 0.5, "--checkpoint-every", 2,
+            "--log-every", 1, "--figure-every", 0, "--run-dir", run_dir, *extra]
+
+
+def clean_env():
+    """Subprocesses start their own process group (drop the one pytest joined); one thread, as
+    in this process, so their weights compare bit for bit."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    return dict(env, DS_ACCELERATOR="cpu", POSEMAE_FORCE_CPU="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+
+
+def run_trainer(args, *, prefix=(), module="trainer", timeout=400):
+    cmd = [*prefix, sys.executable, "-m", module, *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("Error:")]
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def same_weights(a_run, b_run) -> bool:
+    a, b = (read_module_state_dict(checkpoint_tag_dir(r)) for r in (a_run, b_run))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def checkpoints(run_dir) -> list[str]:
+    return sorted(p.name for p in (Path(run_dir) / "checkpoints").iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for the module-scoped reference run too (conftest's fixture is per test):
+    the same arithmetic as the subprocesses (OMP_NUM_THREADS=1), so weights compare bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return source_shards(tmp_path_factory.mktemp("fault_data"), 24)
+
+
+@pytest.fixture(scope="module")
+def reference(source, tmp_path_factory):
+    """The uninterrupted run, in this process."""
+    run_dir = tmp_path_factory.mktemp("runs") / "ref"
+    result = CliRunner().invoke(cli, [str(a) for a in finetune_args(source, run_dir)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output[-3000:]
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step{STEPS:08d}"
+    return run_dir
+
+
+# -- checkpoint writes -------------------------------------------------------------------------
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(source, reference, tmp_path):
+    run_dir = tmp_path / "killed"
+    done = run_trainer(["kill", 4, *finetune_args(source, run_dir)], module="tests.trainer.fault_main")
+    assert done.returncode == -9, done.stderr[-3000:]
+    ckpt = run_dir / "checkpoints"
+    # the half-written step 4 is on disk, `latest` still names step 2, which loads
+    assert (ckpt / "latest").read_text() == "step00000002"
+    partial = ckpt / "step00000004" / "mp_rank_00_model_states.pt"
+    assert 0 < partial.stat().st_size < (ckpt / "step00000002" / "mp_rank_00_model_states.pt").stat().st_size
+    check_loads_safely(ckpt / "step00000002", 0)
+
+    done = run_trainer([*finetune_args(source, run_dir), "--resume"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [m for m in metrics(run_dir) if m.get("event") == "resume"][0]["checkpoint"] == "step00000002"
+    assert (ckpt / "latest").read_text() == f"step{STEPS:08d}"
+    check_loads_safely(ckpt / "step00000004", 0)     # rewritten whole by the resumed run
+    assert same_weights(run_dir, reference)
+
+
+def can_mount_tmpfs() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /tmp"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "injected"])
+def test_disk_full_during_a_checkpoint_write(source, reference, tmp_path, how):
+    """tmpfs: a real full disk, where this machine lets us mount a tmpfs in a private mount
+    namespace (unshare -rm): 100 MiB, room for one 64 MiB checkpoint but not two. injected: the
+    write fails with ENOSPC half-way through (tests/trainer/fault_main.py), on any machine."""
+    run_dir, copy = tmp_path / "full", tmp_path / "copy"
+    run_dir.mkdir()
+    copy.mkdir()
+    if how == "tmpfs":
+        if not can_mount_tmpfs():
+            pytest.skip("cannot mount a tmpfs here (unshare -rm refused); the injected variant runs")
+        script = ('run="$0"; python="$1"; shift; mount -t tmpfs -o size=100m tmpfs "$run" && '
+                  '"$python" -m trainer "$@"; rc=$?; cp -a "$run/." "$COPY/"; exit $rc')
+        env = dict(clean_env(), COPY=str(copy))
+        cmd = ["unshare", "-rm", "sh", "-c", script, str(run_dir), sys.executable,
+               *map(str, finetune_args(source, run_dir))]
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    else:
+        done = run_trainer(["enospc", 4, *finetune_args(source, run_dir)], module="tests.trainer.fault_main")
+        shutil.copytree(run_dir, copy, dirs_exist_ok=True)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
+    errors = error_lines(done.stderr)
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    print(errors[0])
+    assert "checkpoint step00000004 could not be written" in errors[0]
+    assert ("the filesystem is full" if how == "tmpfs" else "No space left on device") in errors[0]
+    assert "latest is still step00000002" in errors[0] and "--resume" in errors[0]
+    # nothing older lost, the incomplete checkpoint gone
+    assert (copy / "checkpoints" / "latest").read_text() == "step00000002"
+    assert checkpoints(copy) == ["step00000002"]
+    check_loads_safely(copy / "checkpoints" / "step00000002", 0)
+    event = metrics(copy)[-1]
+    assert event["event"] == "checkpoint_write_failed" and event["checkpoint"] == "step00000004"
+    assert [m["step"] for m in metrics(copy) if "loss" in m] == [1, 2, 3, 4]
+
+    # with room again (the run directory moved to another disk), --resume finishes the run as if
+    # nothing had happened
+    done = run_trainer([*finetune_args(source, copy), "--resume"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert same_weights(copy, reference)
