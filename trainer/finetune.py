@@ -107,12 +107,27 @@ def pose_figure(module: PoseModel, batch: dict, input_size: int, depth_range_mm:
     return engine.image_grid([tiles])
 
 
+def encoder_gradient_norms(encoder: torch.nn.Module, pose_term: torch.Tensor, ar_term: torch.Tensor) -> dict:
+    """Diagnostics: the L2 norms of the gradients that L_pose and lambda * L_AR send into the shared
+    encoder, and their cosine (negative: the regulariser pulls against the pose loss). Two extra
+    backward passes per step, so off by default (--log-grad-norms)."""
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    g_pose = torch.autograd.grad(pose_term, params, retain_graph=True, allow_unused=True)
+    g_ar = torch.autograd.grad(ar_term, params, retain_graph=True, allow_unused=True)
+    flat_pose = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten().float() for g, p in zip(g_pose, params)])
+    flat_ar = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten().float() for g, p in zip(g_ar, params)])
+    pose_norm, ar_norm = flat_pose.norm(), flat_ar.norm()
+    cosine = (flat_pose @ flat_ar) / (pose_norm * ar_norm).clamp_min(1e-30)
+    return {"grad_norm_pose": pose_norm.detach(), "grad_norm_ar": ar_norm.detach(), "grad_cosine_pose_ar": cosine.detach()}
+
+
 def finetune(source, target, *, settings: engine.TrainSettings, init: str, model: str = "base",
              input_size: int = 256, patch_size: int = 16, depth_bins: int = 64, head_channels: int = 256,
              deconv_layers: int = 2,
              lambda_ar: float | None = None, use_ar: bool = True, source_only: bool = False,
              layer_decay: float | None = None, drop_path: float = 0.0, depth_range_mm: float | None = None,
-             ar_reduction: str = "sum_mean", sigma: float = DEFAULT_SIGMA, augment: bool = True) -> dict:
+             ar_reduction: str = "sum_mean", sigma: float = DEFAULT_SIGMA, augment: bool = True,
+             grad_norms: bool = False) -> dict:
     joint_order = source_joint_order(source)
     recipe = pose_recipe(joint_order)
     use_ar = use_ar and not source_only
@@ -140,7 +155,7 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
                    source_only=source_only, layer_decay=layer_decay, drop_path=drop_path,
                    depth_range_mm=depth_range_mm, ar_reduction=ar_reduction, sigma=sigma, augment=augment,
                    # the constant-prediction baseline `trainer evaluate` scores next to this model
-                   mean_pose=mean_pose(source).to_dict())
+                   grad_norms=grad_norms, mean_pose=mean_pose(source).to_dict())
     run = engine.start_run(STAGE, settings, options, signature)
 
     torch.manual_seed(settings.seed)
@@ -188,6 +203,8 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
             l_ar = attention_regularisation(model_engine.module.cls_attention(target_images), frozen(target_images),
                                             ar_reduction)
             metrics["ar_loss"] = l_ar.detach()
+            if grad_norms:
+                metrics.update(encoder_gradient_norms(model_engine.module.encoder, l_pose, lambda_ar * l_ar))
         keys = list(b["key"]) + (list(batches["target"]["key"]) if use_ar else [])
         return StepOutput(finetune_loss(l_pose, l_ar, lambda_ar), metrics, keys)
 
@@ -239,6 +256,8 @@ def load_pose_model(path) -> tuple[PoseModel, dict]:
 @click.option("--ar-reduction", type=click.Choice(["sum_mean", "mean"]), default="sum_mean", show_default=True)
 @click.option("--sigma", type=float, default=DEFAULT_SIGMA, show_default=True, help="Gaussian sigma in voxels")
 @click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option("--log-grad-norms", "grad_norms", is_flag=True,
+              help="log the encoder gradient norms of L_pose and lambda L_AR and their cosine (2 extra backward passes)")
 @engine.training_options(epochs=None, warmup_epochs=1, checkpoint_every=1000, figure_every=1000)
 @engine.clear_errors
 def cli(**options):
