@@ -27,6 +27,10 @@ one batch into a loss; everything else lives here, once:
   is re-seeded from (seed, rank, micro-step) before every micro-batch, so a run killed at any
   moment and resumed gives the same weights as an uninterrupted run (bit for bit on CPU, where
   deterministic algorithms are switched on);
+- a sample DALI cannot read stops the run with one SampleError naming its shard and key; with
+  --skip-bad-samples the loader leaves it out (shards.pipelines.Loader) and the loop counts it
+  (metrics lines' bad_samples, summed over ranks) and logs it (stderr and
+  ranks/rank<r>-bad-samples.jsonl);
 - a NaN/inf loss on any rank stops every rank with the step and the batch's sample keys logged;
   nothing is saved after it, so the last good checkpoint stays `latest`;
 - progress on rank 0 (a tqdm bar on a terminal, a plain line every 10 s in a log:
@@ -40,7 +44,7 @@ The run directory must be on a filesystem every node sees (checkpoints are writt
 Public API
     TrainSettings(run_dir, ds_config, epochs, warmup_epochs, min_lr=0.0, seed=0, checkpoint_every=1000,
                   keep_checkpoints=3, log_every=10, figure_every=500, resume=False, max_steps=None,
-                  log_keys=False, wandb=False)
+                  log_keys=False, wandb=False, skip_bad_samples=False)
     training_options(epochs, warmup_epochs, checkpoint_every=1000, figure_every=500)   click decorator
     settings_from_options(options: dict, stage, default_config) -> TrainSettings   pops the shared options
     clear_errors(command)             click: known bad-input errors -> one line, exit status 1
@@ -89,7 +93,7 @@ TAG_PREFIX = "step"
 # Options that may change between a run and its --resume: they steer bookkeeping, not the maths.
 # run_dir too: a run moved to a disk with room (after a full one) continues where it is now.
 RESUMABLE_OPTIONS = {"resume", "max_steps", "log_every", "figure_every", "checkpoint_every", "keep_checkpoints",
-                     "log_keys", "wandb", "run_dir"}
+                     "log_keys", "wandb", "run_dir", "skip_bad_samples"}
 
 
 class ConfigError(ValueError):
@@ -122,6 +126,7 @@ class TrainSettings:
     max_steps: int | None = None   # stop early (tests, benchmarks); the schedule still spans `epochs`
     log_keys: bool = False         # ranks/rank<r>-keys.jsonl: every micro-batch's sample keys
     wandb: bool = False            # also log to Weights & Biases (offline unless WANDB_MODE says otherwise)
+    skip_bad_samples: bool = False  # leave out samples DALI cannot read (counted and logged) instead of stopping
 
     def __post_init__(self):
         for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
@@ -160,6 +165,9 @@ def training_options(epochs: float, warmup_epochs: float, checkpoint_every: int 
                      "(the lr schedule still spans --epochs)"),
         click.option("--log-keys", is_flag=True, help="record every micro-batch's sample keys per rank "
                      "(ranks/rank<r>-keys.jsonl): which data each rank saw, in order"),
+        click.option("--skip-bad-samples", is_flag=True, help="a sample the pipelines cannot read (corrupted "
+                     "JPEG, truncated tar) is left out, counted and logged (ranks/rank<r>-bad-samples.jsonl) "
+                     "instead of stopping the run with an error naming its shard and key"),
         click.option("--wandb", is_flag=True, help="also log scalars and figures to Weights & Biases: offline "
                      "into RUN_DIR/wandb unless WANDB_MODE=online (`wandb sync` uploads later)"),
     ]
@@ -542,6 +550,13 @@ def _reduce_mean(values: dict, device, world_size: int) -> dict:
     return dict(zip(names, t.tolist()))
 
 
+def _sum_over_ranks(count: int, device, world_size: int) -> int:
+    t = torch.tensor([count], dtype=torch.int64, device=device)
+    if world_size > 1:
+        torch.distributed.all_reduce(t)
+    return int(t.item())
+
+
 def fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, groups: list[dict],
         figure_fn: Callable | None = None) -> dict:
     """Train `model` for the run's schedule. The first loader sets the epoch (its len() is
@@ -594,14 +609,30 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
         return {"event": "end", "steps": step, "total_steps": total_steps, "steps_this_session": 0,
                 "seconds": 0.0, "steps_per_s": 0.0, "peak_rss_mib": round(_peak_rss_mib(), 1)}
 
+    ranks_dir = run.run_dir / "ranks"
+    ranks_dir.mkdir(parents=True, exist_ok=True)
+    for loader in loaders.values():
+        if hasattr(loader, "skip_bad_samples"):
+            loader.skip_bad_samples = settings.skip_bad_samples
     iterators = {name: iter(loader) for name, loader in loaders.items()}
+    bad_samples = 0                 # left out by this rank, this session
 
     def next_batch(name):
+        nonlocal bad_samples
         try:
-            return next(iterators[name])
+            batch = next(iterators[name])
         except StopIteration:  # end of this loader's epoch: the next iter() starts the next one
             iterators[name] = iter(loaders[name])
-            return next(iterators[name])
+            batch = next(iterators[name])
+        skipped = loaders[name].drain_skipped() if hasattr(loaders[name], "drain_skipped") else []
+        if skipped:
+            bad_samples += len(skipped)
+            with open(ranks_dir / f"rank{dist.rank:05d}-bad-samples.jsonl", "a") as f:
+                for record in skipped:
+                    f.write(json.dumps({"step": step + 1, "loader": name, **record}) + "\n")
+                    print(f"rank {dist.rank}: left out bad sample {record['sample']} of {record['file']} at step "
+                          f"{step + 1}: {record['error']} (--skip-bad-samples; {bad_samples} so far)", file=sys.stderr)
+        return batch
 
     def save(at_step: int) -> None:
         tag = tag_for(at_step)
@@ -659,8 +690,6 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
             image.save(run.run_dir / "figures" / f"{name}_step{at_step:08d}.png")
         log_images(run, images, engine.global_samples)
 
-    ranks_dir = run.run_dir / "ranks"
-    ranks_dir.mkdir(parents=True, exist_ok=True)
     keys_log = open(ranks_dir / f"rank{dist.rank:05d}-keys.jsonl", "a") if settings.log_keys else None
     bar = progress(total=stop_step, initial=step, unit="step", desc=run.stage, disable=not dist.is_main,
                    dynamic_ncols=True, mininterval=1.0)
@@ -695,6 +724,8 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
             elapsed = time.perf_counter() - began
             record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lr, **means,
                       "steps_per_s": (step - first_step) / elapsed, "samples_per_s": samples / elapsed}
+            if settings.skip_bad_samples:   # all ranks, this session
+                record["bad_samples"] = _sum_over_ranks(bad_samples, engine.device, dist.world_size)
             run.log(record)
             if dist.is_main:
                 # DeepSpeed logs its own Train/Samples/lr (group 0's, layer-decay scaled): add the schedule's
@@ -715,6 +746,8 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
     summary = {"event": "end", "steps": step, "total_steps": total_steps, "steps_this_session": step - first_step,
                "seconds": round(elapsed, 3), "steps_per_s": (step - first_step) / elapsed,
                "peak_rss_mib": round(_peak_rss_mib(), 1)}
+    if settings.skip_bad_samples:
+        summary["bad_samples"] = _sum_over_ranks(bad_samples, engine.device, dist.world_size)
     run.log(summary)
     # Every rank's own account: its memory, and a digest of its parameters (data-parallel ranks
     # must end identical; BatchNorm running statistics are per rank, rank 0's are checkpointed).

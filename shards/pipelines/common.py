@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -65,11 +66,16 @@ def as_augment(augment) -> Augment | None:
 
 
 # -- shards on disk ---------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass
 class ShardSet:
-    """A set of shards as DALI's webdataset reader wants them."""
+    """A set of shards as DALI's webdataset reader wants them.
+
+    `leave_out` drops samples from the reader's view: it points `index_paths` at copies of the
+    .idx files without their lines (DALI reads only what the index lists). Mutable on purpose:
+    the streams' pipeline builders hold this object, and rebuild over the filtered index."""
     paths: tuple[str, ...]
     index_paths: tuple[str, ...]
+    left_out: tuple[tuple[str, str], ...] = ()      # (shard, sample key), in the order left out
 
     @classmethod
     def at(cls, path) -> "ShardSet":
@@ -108,30 +114,100 @@ class ShardSet:
         return len(JOINT_ORDERS[order]), int(meta.get("root_index") or 0)
 
     def locate_bad_sample(self) -> None:
-        """Raise SampleError naming the first stale index or undecodable sample, if any. Called
+        """Raise SampleError naming the first stale index or unreadable sample, if any. Called
         after DALI fails: its errors name the operator, not the file and sample."""
-        import webdataset as wds
+        bad = self.bad_samples()
+        if bad:
+            raise bad[0]
+
+    def bad_samples(self) -> list[SampleError]:
+        """Every sample the reader lists but cannot use, each a SampleError naming its shard and
+        key: members past the end of a truncated tar, members that do not decode. A whole-shard
+        problem (an index that does not match its tar) is raised at once. Reads every listed
+        sample, so it is slow: called only after DALI fails."""
+        bad = []
         for tar, idx in zip(self.paths, self.index_paths):
-            with tarfile.open(tar) as tf:
-                entries, last = [], None
-                for m in tf:
-                    if not m.isfile():
+            size = Path(tar).stat().st_size
+            samples = _index_samples(idx)
+            truncated = {key for key, members in samples if any(o + n > size for _, o, n, _ in members)}
+            if not truncated and not self.left_out:   # a filtered index cannot match the tar's listing
+                _check_index_matches(tar, idx)
+            with open(tar, "rb") as f:
+                for key, members in samples:
+                    if key in truncated:
+                        bad.append(SampleError(f"truncated shard ({size} bytes): the sample's members end past it",
+                                               file=tar, sample=key))
                         continue
-                    base, ext = m.name.split(".", 1)
-                    if base != last:
-                        entries.append([])
-                        last = base
-                    entries[-1].append((ext, m.offset_data, m.size, m.name))
-            expected = [f"v1.2 {len(entries)}"] + [index_line(e) for e in entries]
-            if Path(idx).read_text().splitlines() != expected:
-                raise SampleError("DALI index does not match the tar (stale index: rerun the conversion)", file=idx)
-            for raw in wds.WebDataset([tar], shardshuffle=False, empty_check=False):
-                members = {k: v for k, v in raw.items() if not k.startswith("__")}
-                try:
-                    decode_members(raw["__key__"], members)
-                except SampleError as e:
-                    message = str(e).removesuffix(f" (sample {e.sample})")
-                    raise SampleError(message, file=tar, sample=e.sample) from None
+                    data = {}
+                    for ext, offset, length, _ in members:
+                        f.seek(offset)
+                        data[ext] = f.read(length)
+                    try:
+                        decode_members(key, data)
+                    except SampleError as e:
+                        bad.append(SampleError(e.reason, file=tar, sample=key))
+        return bad
+
+    def leave_out(self, samples: list[tuple[str, str]]) -> None:
+        """From now on the reader skips these (shard, key) samples: each affected shard's index is
+        rewritten without them into a private temporary directory."""
+        self.left_out = self.left_out + tuple((str(f), str(k)) for f, k in samples if (str(f), str(k)) not in self.left_out)
+        dropped: dict[str, set] = {}
+        for f, k in self.left_out:
+            dropped.setdefault(f, set()).add(k)
+        index_paths = []
+        for tar, idx in zip(self.paths, self.index_paths):
+            original = str(index_path(Path(tar)))
+            if tar not in dropped:
+                index_paths.append(original)
+                continue
+            kept = [line for line in Path(original).read_text().splitlines()[1:]
+                    if line.split()[3].split(".", 1)[0] not in dropped[tar]]
+            filtered = Path(_left_out_dir()) / f"{len(os.listdir(_left_out_dir())):06d}-{Path(original).name}"
+            filtered.write_text("\n".join([f"v1.2 {len(kept)}", *kept]) + "\n")
+            index_paths.append(str(filtered))
+        self.index_paths = tuple(index_paths)
+
+
+def _index_samples(idx) -> list[tuple[str, list[tuple[str, int, int, str]]]]:
+    """A DALI v1.2 index -> [(key, [(ext, offset, size, member name), ...]), ...]."""
+    samples = []
+    for line in Path(idx).read_text().splitlines()[1:]:
+        fields = line.split()
+        members = [(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3]) for i in range(0, len(fields), 4)]
+        samples.append((members[0][3].split(".", 1)[0], members))
+    return samples
+
+
+def _check_index_matches(tar: str, idx: str) -> None:
+    entries, last = [], None
+    try:
+        with tarfile.open(tar) as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                base, ext = m.name.split(".", 1)
+                if base != last:
+                    entries.append([])
+                    last = base
+                entries[-1].append((ext, m.offset_data, m.size, m.name))
+    except tarfile.TarError as e:
+        raise SampleError(f"unreadable tar: {e}", file=tar) from None
+    expected = [f"v1.2 {len(entries)}"] + [index_line(e) for e in entries]
+    if Path(idx).read_text().splitlines() != expected:
+        raise SampleError("DALI index does not match the tar (stale index: rerun the conversion)", file=idx)
+
+
+@functools.lru_cache(maxsize=None)
+def _left_out_dir() -> str:
+    """This process's directory of filtered indexes (removed at exit; rebuilt from the loader
+    state on --resume)."""
+    import atexit
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix="posemae-left-out-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _json_meta(data: bytes, file: str, key: str) -> dict:
@@ -328,7 +404,16 @@ class Loader:
 
     `state_dict()` is JSON-able (DALI checkpoints as base64) for DeepSpeed's client_state; a
     Loader built with the same arguments and given it with `load_state_dict` continues with the
-    very batches the saved one would have produced next, mid-epoch included."""
+    very batches the saved one would have produced next, mid-epoch included.
+
+    A sample DALI cannot read (a corrupted JPEG, a truncated tar) raises one SampleError naming
+    the shard and the sample key. With `skip_bad_samples` set (the trainers' --skip-bad-samples)
+    the loader instead leaves every bad sample of that stream's shards out (ShardSet.leave_out),
+    rebuilds the streams reading them and goes on; `drain_skipped()` hands the skips to the
+    trainer to count and log. DALI cannot drop a sample from a running reader, so a rebuilt
+    stream starts its reader's order afresh over the remaining samples (the epoch and step
+    counts go on); the left-out samples are part of the state, so a resume reads what the
+    interrupted run would have."""
 
     def __init__(self, streams: list[Stream], batches_per_epoch: int, *, fingerprint: dict,
                  valid_per_epoch: int | None = None):
@@ -342,6 +427,8 @@ class Loader:
         self.step = 0                               # batches already handed out in this epoch
         self._pipes = None
         self._checkpoints = None
+        self.skip_bad_samples = False
+        self._skipped: list[dict] = []              # left out since the last drain_skipped()
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -356,6 +443,7 @@ class Loader:
             "format": LOADER_STATE_FORMAT, "epoch": self.epoch, "step": self.step,
             "fingerprint": self.fingerprint,
             "pipelines": None if checkpoints is None else [base64.b64encode(c).decode("ascii") for c in checkpoints],
+            "left_out": [[list(x) for x in shards.left_out] for shards in self._shard_sets()],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -365,7 +453,25 @@ class Loader:
             raise ValueError(f"loader state was saved with {state['fingerprint']}, this loader is {self.fingerprint}")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self._checkpoints = None if state["pipelines"] is None else [base64.b64decode(c) for c in state["pipelines"]]
+        # the DALI checkpoints were taken over the filtered indexes: filter the same way first
+        for shards, left_out in zip(self._shard_sets(), state.get("left_out") or []):
+            if left_out:
+                shards.leave_out([tuple(x) for x in left_out])
         self._pipes = None   # rebuilt from the checkpoints on the next iteration
+
+    def _shard_sets(self) -> list[ShardSet]:
+        """Every distinct ShardSet the streams read (backgrounds may be shared), in order."""
+        seen = []
+        for stream in self.streams:
+            for shards in stream.shards:
+                if not any(shards is s for s in seen):
+                    seen.append(shards)
+        return seen
+
+    def drain_skipped(self) -> list[dict]:
+        """Samples left out since the last call: {"file", "sample", "error", "epoch", "step"}."""
+        skipped, self._skipped = self._skipped, []
+        return skipped
 
     # -- iteration -----------------------------------------------------------------------
     def _build(self):
@@ -384,19 +490,41 @@ class Loader:
         self.epoch += 1
         self.step = 0
 
-    def _run(self, stream: Stream, pipe):
+    def _run(self, i: int):
         try:
-            return pipe.run()
+            return self._pipes[i].run()
         except RuntimeError:
             # DALI names the operator, not the sample: re-read this stream's shards in Python
-            # (slow, but only on failure) to raise a SampleError naming the file and sample.
-            # Nothing found (not a data error, e.g. out of memory): DALI's own error goes up.
-            for shards in stream.shards:
-                shards.locate_bad_sample()
-            raise
+            # (slow, but only on failure) to name the file and sample. Nothing found (not a data
+            # error, e.g. out of memory): DALI's own error goes up.
+            bad = [e for shards in self.streams[i].shards for e in shards.bad_samples()]
+            if not bad:
+                raise
+            if not self.skip_bad_samples:
+                first = bad[0]
+                raise SampleError(f"{first.reason} [{len(bad)} bad sample(s) in these shards; --skip-bad-samples "
+                                  "leaves them out and goes on]", file=first.file, sample=first.sample) from None
+        self._leave_out(bad)
+        return self._pipes[i].run()
+
+    def _leave_out(self, bad: list[SampleError]) -> None:
+        """Leave `bad` out of their shard sets and rebuild every stream reading one of them."""
+        changed = []
+        for shards in self._shard_sets():
+            mine = [(e.file, e.sample) for e in bad if e.file in shards.paths]
+            if mine:
+                shards.leave_out(mine)
+                changed.append(shards)
+        self._skipped += [{"file": e.file, "sample": e.sample, "error": e.reason, "epoch": self.epoch,
+                           "step": self.step} for e in bad]
+        for j, stream in enumerate(self.streams):
+            if any(shards is c for shards in stream.shards for c in changed):
+                self._pipes[j] = None                  # frees the old pipeline's threads first
+                self._pipes[j] = stream.build(None)
+                self._pipes[j].build()
 
     def _next_batch(self) -> dict:
-        outputs = [self._run(s, p) for s, p in zip(self.streams, self._pipes)]
+        outputs = [self._run(i) for i in range(len(self.streams))]
         total = sum(s.batch_size for s in self.streams)
         batch = {}
         for name in self.streams[0].names:

@@ -152,3 +152,93 @@ def test_disk_full_during_a_checkpoint_write(source, reference, tmp_path, how):
     done = run_trainer([*finetune_args(source, copy), "--resume"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert same_weights(copy, reference)
+
+
+# -- shards corrupted after conversion ------------------------------------------------------------
+def one_error(*args) -> str:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 1, result.output[-3000:]
+    assert "Traceback" not in result.output
+    errors = error_lines(result.output)
+    assert len(errors) == 1, result.output[-3000:]
+    return errors[0]
+
+
+def run_ok(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output[-3000:]
+    return result
+
+
+def members(tar) -> list[tuple[str, int, int]]:
+    import tarfile
+    with tarfile.open(tar) as tf:
+        return [(m.name, m.offset_data, m.size) for m in tf if m.isfile()]
+
+
+def jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def seen_keys(run_dir) -> set[str]:
+    return {k for line in jsonl(run_dir / "ranks" / "rank00000-keys.jsonl") for k in line["keys"]}
+
+
+def test_flipped_bytes_in_a_jpeg(source, tmp_path):
+    """Bytes of one JPEG's header flipped on disk (the tar and its index still agree): the run
+    stops with one error naming the shard and the key; resumed with --skip-bad-samples it leaves
+    that sample out, counts and logs it, and trains on the rest."""
+    data = shutil.copytree(source, tmp_path / "flipped")
+    shard = data / "shard-000000.tar"
+    name, offset, size = next(m for m in members(shard) if m[0] == "src0002.jpg")
+    raw = bytearray(shard.read_bytes())
+    for i in range(offset + 2, offset + 42):   # the markers after SOI: no decoder gets past them
+        raw[i] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+
+    run_dir = tmp_path / "run"
+    msg = one_error(*finetune_args(data, run_dir))
+    print(msg)
+    assert f"(file {shard}, sample src0002)" in msg and "undecodable member" in msg and "--skip-bad-samples" in msg
+
+    run_ok(*finetune_args(data, run_dir), "--resume", "--skip-bad-samples", "--log-keys")
+    skipped = jsonl(run_dir / "ranks" / "rank00000-bad-samples.jsonl")
+    assert [(s["file"], s["sample"], s["loader"]) for s in skipped] == [(str(shard), "src0002", "source")]
+    assert "undecodable member" in skipped[0]["error"]
+    end = metrics(run_dir)[-1]
+    assert end["event"] == "end" and end["steps"] == STEPS and end["bad_samples"] == 1
+    assert [m["bad_samples"] for m in metrics(run_dir) if "loss" in m][-1] == 1
+    seen = seen_keys(run_dir)
+    assert "src0002" not in seen and len(seen) >= 20       # the other samples were trained on
+
+
+def pretrain_args(source, run_dir, *extra):
+    return ["pretrain", "--source", source, "--no-backgrounds", *TINY, "--epochs", 2, "--warmup-epochs", 0.5,
+            "--checkpoint-every", 2, "--log-every", 1, "--figure-every", 0, "--run-dir", run_dir, *extra]
+
+
+def test_truncated_tar(source, tmp_path):
+    """A shard cut short in the middle of a sample, under pre-training (fine-tuning reads every
+    tar whole for its mean-pose baseline before it starts, and stops there naming the shard): one
+    error naming the shard and the first sample it cuts; with --skip-bad-samples every cut sample
+    is left out and the run finishes."""
+    data = shutil.copytree(source, tmp_path / "truncated")
+    shard = data / "shard-000001.tar"
+    listing = members(shard)
+    name, offset, size = next(m for m in listing if m[0] == "src0008.jpg")
+    cut = offset + size // 2
+    shard.write_bytes(shard.read_bytes()[:cut])
+    lost = sorted({n.split(".", 1)[0] for n, o, s in listing if o + s > cut})
+    assert lost == ["src0008", "src0009", "src0010", "src0011"]
+
+    msg = one_error(*pretrain_args(data, tmp_path / "stops"))
+    print(msg)
+    assert f"(file {shard}, sample src0008)" in msg and "truncated shard" in msg and "4 bad sample(s)" in msg
+
+    run_dir = tmp_path / "skips"
+    run_ok(*pretrain_args(data, run_dir), "--skip-bad-samples", "--log-keys")
+    skipped = jsonl(run_dir / "ranks" / "rank00000-bad-samples.jsonl")
+    assert sorted(s["sample"] for s in skipped) == lost and {s["file"] for s in skipped} == {str(shard)}
+    end = metrics(run_dir)[-1]
+    assert end["steps"] == STEPS and end["bad_samples"] == 4
+    assert seen_keys(run_dir).isdisjoint(lost)
