@@ -75,7 +75,8 @@ def mean_pose(shards) -> MeanPose:
             raise SampleError(f"{EXT_JOINTS3D} is not {k} finite {joint_order} joints", file=shard, sample=key)
         joints = joints.reshape(k, 3).astype(np.float64)
         total += joints - joints[0]
-    return MeanPose(total / len(found), joint_order, len(found), str(path))
+    # resolved: one source named two ways (relative, absolute) is one baseline row
+    return MeanPose(total / len(found), joint_order, len(found), str(path.resolve()))
 
 
 def constant_prediction(mean: MeanPose, joints3d_stored_mm: np.ndarray) -> np.ndarray:

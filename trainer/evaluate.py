@@ -447,7 +447,8 @@ def constant_baselines(specs: list[ModelSpec]) -> dict[str, MeanPose]:
     for spec in specs:
         if spec.mean_pose is not None:
             mean = MeanPose.from_dict(spec.mean_pose)
-            means.setdefault((mean.joint_order, mean.source), mean)
+            # keyed by value: one source named two ways (relative, absolute path) is one row
+            means.setdefault((mean.joint_order, tuple(np.round(mean.joints_mm, 2).ravel())), mean)
     if len(means) == 1:
         return {CONSTANT_LABEL: next(iter(means.values()))}
     return {f"Mean pose of {mean.source} (constant)": mean for mean in means.values()}

@@ -272,3 +272,18 @@ def test_bad_shards_stop_with_one_clear_error(setup, tmp_path):
     out = runner.invoke(cli, ["evaluate", "--ckpt", str(root / "ft"), "--shards", str(root / "stb_test"),
                               "--out", str(tmp_path / "out"), "--protocol", "h36m17"])
     assert out.exit_code == 1 and "protocol 'h36m17' is for h36m17 skeletons" in out.output
+
+
+def test_one_constant_row_per_distinct_mean_pose():
+    """Runs that name one source two ways share a row; another source gets its own, labelled."""
+    def spec(source, offset=0.0):
+        mean = {"joints_mm": (np.arange(63).reshape(21, 3) + offset).tolist(), "joint_order": "hand21",
+                "samples": 10, "source": source}
+        return ev.ModelSpec(checkpoint="c", run_dir=None, step=1, joint_order="hand21", encoder={}, num_joints=21,
+                            depth_bins=16, head_channels=64, depth_range_mm=400.0, mean_pose=mean)
+    same = ev.constant_baselines([spec("shards/a/train"), spec("/abs/shards/a/train"), ev.ModelSpec(
+        checkpoint="c", run_dir=None, step=1, joint_order="hand21", encoder={}, num_joints=21, depth_bins=16,
+        head_channels=64, depth_range_mm=400.0)])
+    assert list(same) == [ev.CONSTANT_LABEL]
+    two = ev.constant_baselines([spec("shards/a/train"), spec("shards/b/train", offset=5.0)])
+    assert sorted(two) == ["Mean pose of shards/a/train (constant)", "Mean pose of shards/b/train (constant)"]
