@@ -142,6 +142,7 @@ def run_jobs(jobs: list[Job], log: Path, parallel: int = 2) -> dict[str, float]:
                     pending.remove(job)
                     shown = " ".join(shlex.quote(str(c)) for c in job.cmd)
                     click.echo(f"$ {shown}", err=True)
+                    (logs / f"{job.name}.log").parent.mkdir(parents=True, exist_ok=True)   # "seed0/ft_mae"
                     out = open(logs / f"{job.name}.log", "w")
                     out.write(f"$ {shown}\n")
                     out.flush()
