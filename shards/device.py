@@ -47,16 +47,22 @@ def configure_deepspeed_accelerator() -> str:
     return os.environ["DS_ACCELERATOR"]
 
 
-def ensure_distributed_env() -> None:
+def ensure_distributed_env() -> bool:
     """A plain `python -m trainer ...` (no launcher) is a world of one: give torch.distributed
     the variables the deepspeed launcher would have set, so DeepSpeed does not go looking for
-    MPI. Launched runs already have them and are left alone."""
+    MPI. Launched runs already have them and are left alone. True when this made the world."""
     launched = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID", "MV2_COMM_WORLD_RANK")
     if any(name in os.environ for name in launched):
-        return   # a launcher (deepspeed, mpirun, srun) set up the world; DeepSpeed discovers it
-    import socket
-    with socket.socket() as s:   # a free port, so concurrent single-process runs don't collide
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return False   # a launcher (deepspeed, mpirun, srun) set up the world; DeepSpeed discovers it
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    return True
+
+
+def free_port() -> int:
+    """A port free now, so concurrent single-process runs don't collide. Another process can
+    still take it before the rendezvous binds it: init_distributed retries with a new one."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

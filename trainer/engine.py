@@ -81,7 +81,7 @@ import click
 import numpy as np
 import torch
 
-from shards.device import cuda_available, ensure_distributed_env
+from shards.device import cuda_available, ensure_distributed_env, free_port
 from shards.progress import progress
 from shards.schema import SampleError
 
@@ -219,7 +219,7 @@ class Dist:
 
 def init_distributed() -> Dist:
     """Join the process group the launcher describes (or a world of one). Idempotent."""
-    ensure_distributed_env()
+    own_world = ensure_distributed_env()
     import deepspeed
     from deepspeed.accelerator import get_accelerator
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -229,8 +229,17 @@ def init_distributed() -> Dist:
         # CPU ranks sharing a machine (LOCAL_SIZE from the deepspeed launcher): split its cores,
         # or their OpenMP threads spin against each other (tens of times slower).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_SIZE"])))
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(), verbose=False)
+    for attempt in range(5):
+        if torch.distributed.is_initialized():
+            break
+        try:
+            deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(), verbose=False)
+        except torch.distributed.DistNetworkError as e:
+            # A world of one picked a free port that another process took before the store bound it
+            # (seen with training jobs started side by side): pick another. A launcher's port is its own.
+            if not own_world or "EADDRINUSE" not in str(e) or attempt == 4:
+                raise
+            os.environ["MASTER_PORT"] = str(free_port())
     return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
 
 

@@ -203,8 +203,9 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
             l_ar = attention_regularisation(model_engine.module.cls_attention(target_images), frozen(target_images),
                                             ar_reduction)
             metrics["ar_loss"] = l_ar.detach()
-            if grad_norms:
-                metrics.update(encoder_gradient_norms(model_engine.module.encoder, l_pose, lambda_ar * l_ar))
+            if grad_norms:   # L_pose again through the bare module: DeepSpeed's engine output refuses autograd.grad
+                again = pose_loss(model_engine.module(engine.model_inputs(model_engine, b["image"])), uvz, visible, sigma)
+                metrics.update(encoder_gradient_norms(model_engine.module.encoder, again, lambda_ar * l_ar))
         keys = list(b["key"]) + (list(batches["target"]["key"]) if use_ar else [])
         return StepOutput(finetune_loss(l_pose, l_ar, lambda_ar), metrics, keys)
 
