@@ -578,6 +578,16 @@ def fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, grou
         return _fit(run, model, loaders, step_fn, groups, figure_fn)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
+        _finish_wandb(run)
+
+
+def _finish_wandb(run: Run) -> None:
+    """DeepSpeed's W&B monitor opens the run and never closes it: close it here, or the offline
+    file can end before the logged records reach it (wandb writes from a service process)."""
+    if run.ds_config.get("wandb", {}).get("enabled"):
+        import wandb
+        if wandb.run is not None:
+            wandb.finish()
 
 
 def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, groups: list[dict],

@@ -13,7 +13,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_tiny_demo_writes_summary_with_baseline_and_both_splits(tmp_path):
     out = tmp_path / "demo"
-    env = dict(os.environ, POSEMAE_FORCE_CPU="1")
+    # Not the rendezvous of this pytest process (other tests start a world of one in-process):
+    # each demo step is a plain command that makes its own.
+    inherited = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in inherited}
+    env["POSEMAE_FORCE_CPU"] = "1"
     proc = subprocess.run([sys.executable, "-m", "trainer", "demo", "--scale", "tiny", "--out", str(out)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
