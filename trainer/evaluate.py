@@ -442,7 +442,7 @@ CONSTANT_LABEL = "Mean source pose (constant)"
 
 
 def constant_baselines(specs: list[ModelSpec]) -> dict[str, MeanPose]:
-    """Table label -> mean pose, one per distinct fine-tuning source (by joint order and source)."""
+    """Table label -> mean pose, one per distinct mean pose of the checkpoints' fine-tuning sources."""
     means: dict[tuple, MeanPose] = {}
     for spec in specs:
         if spec.mean_pose is not None:
