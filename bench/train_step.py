@@ -53,7 +53,7 @@ SETTINGS = {
     "full": dict(img_size=256, embed_dim=192, depth=6, num_heads=3, batch=4, rounds=40, finetune_rounds=10, warmup=2),
 }
 DECODER = dict(decoder_embed_dim=512, decoder_depth=1, decoder_num_heads=16)  # paper Table 5
-NUM_JOINTS, DEPTH_BINS = 21, 64                                               # hands, METHOD.md
+NUM_JOINTS, DEPTH_BINS = 21, 64                                               # hands, docs/method.md
 TARGET_TERMS = ("bare_target_passes", "ours_cls_rows", "full_attention_maps")
 
 

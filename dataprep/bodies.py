@@ -2,7 +2,7 @@
 forward-direction side check, crops around a body, MATLAB files, and the
 optional SMPL mesh + H36M joint regressor path for users who bring the licensed model files.
 
-Joint orders (DATASETS.md):
+Joint orders (docs/datasets.md):
 h36m17   0 pelvis, 1 r_hip, 2 r_knee, 3 r_ankle, 4 l_hip, 5 l_knee, 6 l_ankle, 7 spine, 8 thorax,
          9 neck/nose, 10 head, 11 l_shoulder, 12 l_elbow, 13 l_wrist, 14 r_shoulder, 15 r_elbow, 16 r_wrist
 SMPL-24  0 pelvis, 1 l_hip, 2 r_hip, 3 spine1, 4 l_knee, 5 r_knee, 6 spine2, 7 l_ankle, 8 r_ankle,

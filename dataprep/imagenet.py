@@ -3,7 +3,7 @@
 <root>/ILSVRC2012_val_%08d.JPEG             the released flat folder (50,000 images), or
 <root>/<wnid>/ILSVRC2012_val_%08d.JPEG      the per-class layout torchvision's tooling makes
 
-Pre-training pastes these behind masked foregrounds (METHOD.md, background replacement), so all
+Pre-training pastes these behind masked foregrounds (docs/method.md, background replacement), so all
 that matters is a varied, reasonably sized RGB image. Choice: each image keeps its full field of
 view, resized so its shorter side is `--crop-size` (default 288 = the 256 training input plus
 room for a random crop); the pipeline takes its own random square from it. `--center-crop` stores

@@ -124,7 +124,7 @@ def critical_path(jobs: list[Job]) -> dict[str, float]:
 def run_jobs(jobs: list[Job], log: Path, parallel: int = 2) -> dict[str, float]:
     """Run `jobs`, `parallel` at a time, each as soon as the jobs it needs have finished, with
     cores // parallel threads each. At this model size a training step parallelises poorly
-    (2 threads: 1.1x one thread), so two 1-thread jobs finish 1.6-1.8x sooner on 2 cores than one
+    (2 threads: 1.1-1.3x one thread), so two 1-thread jobs finish 1.6-1.8x sooner on 2 cores than one
     after another (bench/README.md). Each job writes <log dir>/logs/<name>.log, appended to `log`
     when it ends; the first failure stops the others and reports its output. Ready jobs start in
     order of their critical path, so that a long chain (pre-training -> fine-tuning with AR) is
@@ -205,7 +205,7 @@ def prepare_data(out: Path, scale: DemoScale, seed: int, log: Path, times: dict)
     times["segnet"] = run(TRAINER + ["segnet", "--source", data.source, "--run-dir", runs / "segnet",
                                      "--input-size", 64, "--base", 16, "--epochs", scale.segnet_epochs,
                                      "--warmup-epochs", 0.1, "--seed", seed], log)
-    # METHOD.md: target masks always come from the U-Net, even where the dataset has its own (RHD does)
+    # docs/method.md: target masks always come from the U-Net, even where the dataset has its own (RHD does)
     times["masks"] = run(TRAINER + ["masks", "--model", runs / "segnet", "--in", shards / "target" / "train",
                                     "--out", data.target, "--replace-existing"], log)
     return data

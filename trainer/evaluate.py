@@ -1,4 +1,4 @@
-"""`trainer evaluate` (METHOD.md "Decoding and metrics"): fine-tuned checkpoints x benchmark shard
+"""`trainer evaluate` (docs/method.md "Decoding and metrics"): fine-tuned checkpoints x benchmark shard
 sets -> per-sample predictions, metrics, paper-style tables and figures.
 
 For every checkpoint (a fine-tuning run directory, its checkpoints/ directory or one tag
@@ -364,7 +364,7 @@ def gather_predictions(local: dict, info: ShardInfo, dist: engine.Dist) -> dict:
 # -- reconstruction and metrics -------------------------------------------------------------
 def reconstruct_joints(pred: dict, info: ShardInfo, spec: ModelSpec) -> dict:
     """Predicted voxels -> camera millimetres with each sample's intrinsics and ground-truth root
-    depth (METHOD.md); mirrored samples of both prediction and ground truth are un-mirrored."""
+    depth (docs/method.md); mirrored samples of both prediction and ground truth are un-mirrored."""
     depth, height, width = pred["heatmap_shape"]
     if height != width or depth != spec.depth_bins:
         raise EvaluationError(f"heatmaps of shape {pred['heatmap_shape']} do not match the model's "

@@ -1,4 +1,4 @@
-"""Stage 2 (METHOD.md): 3D-heatmap fine-tuning from a pre-training checkpoint (or from scratch),
+"""Stage 2 (docs/method.md): 3D-heatmap fine-tuning from a pre-training checkpoint (or from scratch),
 with the attention regulariser on target images.
 
 Per optimizer step: a labelled source batch gives L_pose (Eq. 5) on the K x Dz x H/4 x W/4

@@ -1,4 +1,4 @@
-"""3D Gaussian heatmaps (METHOD.md Stage 2, Eq. 4-5): ground-truth rendering, decoding, L_pose.
+"""3D Gaussian heatmaps (docs/method.md Stage 2, Eq. 4-5): ground-truth rendering, decoding, L_pose.
 
 Voxel coordinates (u, v, z): u along the heatmap width, v along its height, z along the depth
 bins; voxel centres sit at integer coordinates, so the volume spans [-0.5, size - 0.5) on each

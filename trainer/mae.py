@@ -1,4 +1,4 @@
-"""Masked autoencoder with foreground-centric reconstruction (METHOD.md Stage 1, Eq. 2-3).
+"""Masked autoencoder with foreground-centric reconstruction (docs/method.md Stage 1, Eq. 2-3).
 
 Reads like MAE's models_mae.py: `forward_encoder` (embed, random masking, encode the kept tokens),
 `forward_decoder` (one block of width 512, paper Table 5), `forward_loss` (per-patch MSE on

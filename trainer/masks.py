@@ -1,4 +1,4 @@
-"""Stage 0, part 2 (METHOD.md "Stage 0: masks"): run a trained segmentation network over image
+"""Stage 0, part 2 (docs/method.md "Stage 0: masks"): run a trained segmentation network over image
 shards (a target set, or a source set without masks) and write new shards with the predicted
 `mask.png` added to every sample.
 

@@ -1,4 +1,4 @@
-"""3D pose model (METHOD.md Stage 2, paper Table 7) and the attention regulariser (Eq. 6-7).
+"""3D pose model (docs/method.md Stage 2, paper Table 7) and the attention regulariser (Eq. 6-7).
 
 PoseModel = ViT encoder E + ViTPose's classic head: the class token is dropped for the head, the
 N patch tokens are reshaped to C x h x w, 2 x [ConvTranspose 4x4 s2 (256 ch, no bias) + BN +

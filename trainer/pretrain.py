@@ -1,4 +1,4 @@
-"""Stage 1 (METHOD.md): masked-image pre-training with foreground-centric reconstruction (FCR) and
+"""Stage 1 (docs/method.md): masked-image pre-training with foreground-centric reconstruction (FCR) and
 background replacement, over source + target shards with ImageNet backgrounds.
 
 Each batch mixes source and target images (shards.pipelines.pretrain_loader); with probability

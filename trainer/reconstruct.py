@@ -1,4 +1,4 @@
-"""From decoded heatmap voxels back to 3D joints in camera millimetres (METHOD.md, "Decoding").
+"""From decoded heatmap voxels back to 3D joints in camera millimetres (docs/method.md, "Decoding").
 
     (u, v, z) heatmap voxels
       -> (u, v) network-input pixels, z root-relative millimetres        voxels_to_input_px
@@ -26,7 +26,7 @@ import numpy as np
 
 from .heatmaps import DEPTH_RANGE_MM as _RANGE_BY_KIND
 
-# METHOD.md (choice): the depth range the Dz bins cover, centred on the root joint.
+# docs/method.md (choice): the depth range the Dz bins cover, centred on the root joint.
 DEPTH_RANGE_MM = {"hand21": _RANGE_BY_KIND["hand"], "h36m17": _RANGE_BY_KIND["body"]}
 
 
@@ -47,7 +47,7 @@ class HeatmapVolume:
 
     @classmethod
     def for_joint_order(cls, joint_order: str, input_size: int = 256, depth_bins: int = 64) -> "HeatmapVolume":
-        """400 mm for hands, 2000 mm for bodies (METHOD.md)."""
+        """400 mm for hands, 2000 mm for bodies (docs/method.md)."""
         if joint_order not in DEPTH_RANGE_MM:
             raise ValueError(f"no depth range for joint order {joint_order!r}; known: {sorted(DEPTH_RANGE_MM)}")
         return cls(input_size, None, depth_bins, DEPTH_RANGE_MM[joint_order])
@@ -176,7 +176,7 @@ def reconstruct(uvz_vox, crop_to_input, intrinsics, root_depth_mm, volume: Heatm
     crop_to_input: (B, 2, 3) affine that took stored-crop pixels to network-input pixels.
     intrinsics: (B, 4) the stored crop's (fx, fy, cx, cy).
     root_depth_mm: (B,) ground-truth Z of the root joint (the root's absolute depth is not
-        estimated: standard practice, METHOD.md).
+        estimated: standard practice, docs/method.md).
     mirrored: optional (B,) flags from the sample meta; those samples are un-mirrored.
     """
     uvz = np.asarray(uvz_vox, np.float64)

@@ -36,7 +36,7 @@ DATASET_LABELS = {
     "stb": "STB", "rhd": "RHD", "panoptic": "PAN", "ganerated": "GAN", "freihand": "FreiHAND",
     "pw3d": "3DPW", "mpi_inf_3dhp": "3DHP", "surreal": "SURREAL", "h36m": "H3.6M",
 }
-# The paper's full method under domain adaptation (METHOD.md), for a reference row.
+# The paper's full method under domain adaptation (docs/method.md), for a reference row.
 PAPER_RESULTS = {
     "epe": {"stb": 19.2, "rhd": 28.0, "panoptic": 21.2, "ganerated": 33.2},
     "mpjpe": {"pw3d": 78.1, "mpi_inf_3dhp": 93.6, "surreal": 83.1},

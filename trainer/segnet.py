@@ -1,4 +1,4 @@
-"""Stage 0, part 1 (METHOD.md "Stage 0: masks"): train the segmentation network S, a U-Net, on
+"""Stage 0, part 1 (docs/method.md "Stage 0: masks"): train the segmentation network S, a U-Net, on
 source images and their foreground masks with binary cross-entropy, and report its mask IoU on a
 held-out part of the source.
 

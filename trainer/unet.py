@@ -1,4 +1,4 @@
-"""Segmentation network S (METHOD.md Stage 0, paper Table 6): a U-Net predicting one foreground
+"""Segmentation network S (docs/method.md Stage 0, paper Table 6): a U-Net predicting one foreground
 channel, trained with binary cross-entropy on source masks, used to predict the target masks.
 
 Table 6 as we read it (its kernel sizes and widths were lost in extraction, and its Concat

@@ -1,4 +1,4 @@
-"""ViT encoder E (METHOD.md "Modules"): timm's PatchEmbed and Block, a learnable class token and
+"""ViT encoder E (docs/method.md "Modules"): timm's PatchEmbed and Block, a learnable class token and
 MAE's fixed 2D sin-cos position embedding, plus the two things this method needs from it:
 
 - MAE encodes only the kept patch tokens: `embed_patches` (patch embedding + position) and

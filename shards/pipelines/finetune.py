@@ -1,4 +1,4 @@
-"""Stage 2 input (METHOD.md): labelled source crops for the 3D-heatmap loss and label-free target
+"""Stage 2 input (docs/method.md): labelled source crops for the 3D-heatmap loss and label-free target
 crops for the attention regulariser.
 
 The random affine that warps the image also moves the 2D joints (fn.coord_transform with the same

@@ -1,4 +1,4 @@
-"""Stage 1 input (METHOD.md): source and target images with their foreground masks, the background
+"""Stage 1 input (docs/method.md): source and target images with their foreground masks, the background
 replaced through the mask by a random ImageNet image with probability p_bg, the paper's
 augmentation applied to image and mask alike, normalised. Also the segmentation network's input
 (image + mask, no background swap).

@@ -51,7 +51,7 @@ def test_forward_then_back_reconstructs_within_half_a_millimetre():
 
 def test_mirrored_left_hand_through_dataprep_crop():
     """A left hand in an original 640x480 image, converted the way dataprep does (mirrored crop),
-    voxelised from the stored joints2d with METHOD.md's formulas written out here, comes back in
+    voxelised from the stored joints2d with docs/method.md's formulas written out here, comes back in
     the original camera frame after un-mirroring."""
     fx, fy, cx, cy = 600.0, 610.0, 320.0, 240.0
     joints = hands(1, seed=2)[0]
