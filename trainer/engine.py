@@ -31,6 +31,9 @@ one batch into a loss; everything else lives here, once:
   --skip-bad-samples the loader leaves it out (shards.pipelines.Loader) and the loop counts it
   (metrics lines' bad_samples, summed over ranks) and logs it (stderr and
   ranks/rank<r>-bad-samples.jsonl);
+- a rank that dies (kill -9, OOM, a lost node): the deepspeed launcher names it and SIGTERMs the
+  others, which say so and name the checkpoint --resume continues from (RankLostError where a
+  collective notices the dead peer first);
 - a NaN/inf loss on any rank stops every rank with the step and the batch's sample keys logged;
   nothing is saved after it, so the last good checkpoint stays `latest`;
 - progress on rank 0 (a tqdm bar on a terminal, a plain line every 10 s in a log:
@@ -61,7 +64,7 @@ Public API
         {"stage", "model" (the signature the stage built), "step", "world_size", "epoch", "options"}
     model_inputs(engine, images), to_uint8(images), image_grid(rows), weights_digest(module)
     log_images(run, {name: PIL.Image}, step)   figures into TensorBoard (and W&B with --wandb)
-    ConfigError, NonFiniteLossError, CheckpointWriteError
+    ConfigError, NonFiniteLossError, CheckpointWriteError, RankLostError
 """
 from __future__ import annotations
 
@@ -71,7 +74,9 @@ import math
 import os
 import resource
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,6 +107,10 @@ class ConfigError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the message names the step and the batch's samples."""
+
+
+class RankLostError(RuntimeError):
+    """Another rank of the run died; the message says which checkpoint --resume continues from."""
 
 
 class CheckpointWriteError(RuntimeError):
@@ -200,7 +209,7 @@ def clear_errors(command):
         try:
             return command(*args, **kwargs)
         except (ConfigError, CheckpointError, SampleError, FileNotFoundError, FileExistsError, NonFiniteLossError,
-                CheckpointWriteError) as e:
+                CheckpointWriteError, RankLostError) as e:
             raise click.ClickException(str(e)) from None
     return wrapper
 
@@ -574,11 +583,46 @@ def fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, grou
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     if not cuda_available():
         torch.use_deterministic_algorithms(True)  # bit-identical resume on CPU
+    sigterm_before = _stop_cleanly_on_sigterm(run)
     try:
         return _fit(run, model, loaders, step_fn, groups, figure_fn)
+    except RuntimeError as e:
+        # gloo/NCCL report a dead peer from inside whichever collective was waiting on it
+        if run.dist.world_size > 1 and any(s in str(e) for s in LOST_PEER_MESSAGES):
+            raise RankLostError(f"rank {run.dist.rank} lost contact with another rank of {run.run_dir} ({e}): it "
+                                f"died or was killed. {_resume_hint(run)}") from None
+        raise
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         _finish_wandb(run)
+        if sigterm_before is not None:
+            signal.signal(signal.SIGTERM, sigterm_before)
+
+
+LOST_PEER_MESSAGES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def _resume_hint(run: Run) -> str:
+    latest = latest_tag(run.checkpoint_dir)
+    if latest is None:
+        return "No checkpoint was written yet: start the run again"
+    return f"The last complete checkpoint is {run.checkpoint_dir / latest}: continue with --resume"
+
+
+def _stop_cleanly_on_sigterm(run: Run):
+    """SIGTERM is how the deepspeed launcher stops the other ranks when one dies (and how SLURM
+    preempts): say so, on every rank, and which checkpoint a --resume continues from, then exit at
+    once. Exiting anywhere is safe, a checkpoint write included: `latest` names complete ones only.
+    Returns the previous handler (None off the main thread, where no handler can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        sys.stderr.write(f"rank {run.dist.rank}: stopped by SIGTERM (the launcher stops every rank when one fails; a "
+                         f"scheduler stops jobs it preempts). {_resume_hint(run)}\n")
+        sys.stderr.flush()
+        os._exit(128 + signal.SIGTERM)
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _finish_wandb(run: Run) -> None:

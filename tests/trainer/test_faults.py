@@ -242,3 +242,33 @@ def test_truncated_tar(source, tmp_path):
     end = metrics(run_dir)[-1]
     assert end["steps"] == STEPS and end["bad_samples"] == 4
     assert seen_keys(run_dir).isdisjoint(lost)
+
+
+
+# -- preemption: SIGTERM -------------------------------------------------------------------------
+def test_sigterm_says_where_to_resume_from(source, reference, tmp_path):
+    """SIGTERM (a scheduler's preemption, or the deepspeed launcher stopping the other ranks when
+    one dies) ends the rank at once with one line naming the checkpoint --resume continues from;
+    the resumed run ends with the uninterrupted run's weights."""
+    import signal
+    import time
+    run_dir, log = tmp_path / "preempted", tmp_path / "stderr.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "trainer", *map(str, finetune_args(source, run_dir))], cwd=REPO,
+                                env=clean_env(), stdout=subprocess.DEVNULL, stderr=err)
+        latest = run_dir / "checkpoints" / "latest"
+        deadline = time.time() + 600
+        while not (latest.exists() and latest.read_text() >= "step00000002") and time.time() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    killed_at = latest.read_text()
+    assert killed_at < f"step{STEPS:08d}", "the run ended before the signal"
+    said = [line for line in log.read_text().splitlines() if line.startswith("rank 0: stopped by SIGTERM")]
+    assert len(said) == 1 and f"{run_dir / 'checkpoints' / killed_at}: continue with --resume" in said[0], said
+
+    done = run_trainer([*finetune_args(source, run_dir), "--resume"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [m for m in metrics(run_dir) if m.get("event") == "resume"][0]["checkpoint"] == killed_at
+    assert same_weights(run_dir, reference)
