@@ -43,8 +43,9 @@ def index_line(entries: list[tuple[str, int, int, str]]) -> str:
     return " ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in entries)
 
 
-def write_dali_index(tar_path: Path, index_path: Path) -> int:
-    """Index an existing tar (format v1.2 of DALI's wds2idx). Returns the sample count."""
+def index_lines(tar_path) -> list[str]:
+    """The lines of a tar's DALI index (format v1.2 of DALI's wds2idx): a header, then one line
+    per sample, members grouped by key in tar order."""
     samples: list[list[tuple]] = []
     last = None
     with tarfile.open(tar_path) as tf:
@@ -56,8 +57,14 @@ def write_dali_index(tar_path: Path, index_path: Path) -> int:
                 samples.append([])
                 last = base
             samples[-1].append((ext, m.offset_data, m.size, m.name))
-    _atomic_write_text(index_path, f"v1.2 {len(samples)}\n" + "".join(index_line(s) + "\n" for s in samples))
-    return len(samples)
+    return [f"v1.2 {len(samples)}"] + [index_line(s) for s in samples]
+
+
+def write_dali_index(tar_path: Path, index_path: Path) -> int:
+    """Index an existing tar. Returns the sample count."""
+    lines = index_lines(tar_path)
+    _atomic_write_text(index_path, "".join(line + "\n" for line in lines))
+    return len(lines) - 1
 
 
 @dataclass

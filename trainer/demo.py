@@ -240,11 +240,11 @@ def method_jobs(data: DemoData, methods, runs: Path, scale: DemoScale, seed: int
     finetuned = {}
     for method in methods:
         variant = METHODS[method][0]
-        name = f"{prefix}ft_{short_name(method)}"
+        run_dir = runs / f"ft_{short_name(method)}"
         after = (f"{prefix}pretrain_{variant}",) if variant else ()
-        jobs.append(finetune_job(data, method, runs / f"pretrain_{variant}" if variant else None, runs / name.split("/")[-1],
-                                 scale, seed, name, after))
-        finetuned[method] = runs / name.split("/")[-1]
+        jobs.append(finetune_job(data, method, runs / f"pretrain_{variant}" if variant else None, run_dir, scale, seed,
+                                 prefix + run_dir.name, after))
+        finetuned[method] = run_dir
     return jobs, finetuned
 
 

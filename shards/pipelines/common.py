@@ -34,7 +34,7 @@ from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 from ..device import cpu_image_ops, cuda_available, dali_device_id
 from ..reader import index_path, list_shards
 from ..schema import JOINT_ORDERS, SampleError, decode_members
-from ..writer import index_line
+from ..writer import index_lines
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -180,20 +180,10 @@ def _index_samples(idx) -> list[tuple[str, list[tuple[str, int, int, str]]]]:
 
 
 def _check_index_matches(tar: str, idx: str) -> None:
-    entries, last = [], None
     try:
-        with tarfile.open(tar) as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                base, ext = m.name.split(".", 1)
-                if base != last:
-                    entries.append([])
-                    last = base
-                entries[-1].append((ext, m.offset_data, m.size, m.name))
+        expected = index_lines(tar)
     except tarfile.TarError as e:
         raise SampleError(f"unreadable tar: {e}", file=tar) from None
-    expected = [f"v1.2 {len(entries)}"] + [index_line(e) for e in entries]
     if Path(idx).read_text().splitlines() != expected:
         raise SampleError("DALI index does not match the tar (stale index: rerun the conversion)", file=idx)
 
