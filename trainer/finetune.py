@@ -127,7 +127,7 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
              lambda_ar: float | None = None, use_ar: bool = True, source_only: bool = False,
              layer_decay: float | None = None, drop_path: float = 0.0, depth_range_mm: float | None = None,
              ar_reduction: str = "sum_mean", sigma: float = DEFAULT_SIGMA, augment: bool = True,
-             grad_norms: bool = False) -> dict:
+             grad_norms: bool = False, freeze_encoder: bool = False) -> dict:
     joint_order = source_joint_order(source)
     recipe = pose_recipe(joint_order)
     use_ar = use_ar and not source_only
@@ -138,6 +138,9 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
     if use_ar and init == "none":
         raise ConfigError("--init none has no pre-trained encoder to copy into the frozen attention network: "
                           "pass --no-ar (or --source-only) to train from scratch")
+    if freeze_encoder and use_ar:
+        raise ConfigError("--freeze-encoder trains the head alone; the attention regulariser acts on the encoder: "
+                          "pass --no-ar (or --source-only)")
     if input_size % patch_size:
         raise ConfigError(f"--input-size {input_size} is not a multiple of the patch size {patch_size}")
     try:
@@ -155,7 +158,7 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
                    source_only=source_only, layer_decay=layer_decay, drop_path=drop_path,
                    depth_range_mm=depth_range_mm, ar_reduction=ar_reduction, sigma=sigma, augment=augment,
                    # the constant-prediction baseline `trainer evaluate` scores next to this model
-                   grad_norms=grad_norms, mean_pose=mean_pose(source).to_dict())
+                   grad_norms=grad_norms, freeze_encoder=freeze_encoder, mean_pose=mean_pose(source).to_dict())
     run = engine.start_run(STAGE, settings, options, signature)
 
     torch.manual_seed(settings.seed)
@@ -174,6 +177,9 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
         run.log({"event": "init", "checkpoint": str(tag_dir), "report": str(report)})
     elif run.dist.is_main:
         run.log({"event": "init", "checkpoint": None})
+
+    if freeze_encoder:   # a probe of the pre-trained features: only the heatmap head learns
+        pose.encoder.requires_grad_(False)
 
     common = dict(batch_size=run.micro_batch, input_size=input_size, seed=settings.seed, rank=run.dist.rank,
                   world_size=run.dist.world_size, augment=augment)
@@ -259,6 +265,8 @@ def load_pose_model(path) -> tuple[PoseModel, dict]:
 @click.option("--augment/--no-augment", default=True, show_default=True)
 @click.option("--log-grad-norms", "grad_norms", is_flag=True,
               help="log the encoder gradient norms of L_pose and lambda L_AR and their cosine (2 extra backward passes)")
+@click.option("--freeze-encoder", is_flag=True,
+              help="train the heatmap head on a frozen encoder: a probe of how useful the pre-trained features are")
 @engine.training_options(epochs=None, warmup_epochs=1, checkpoint_every=1000, figure_every=1000)
 @engine.clear_errors
 def cli(**options):
