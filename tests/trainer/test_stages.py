@@ -269,6 +269,30 @@ def test_finetune_from_scratch_source_only(data, tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["options"]["epochs"] == 50   # hands
 
 
+
+def test_finetune_with_a_frozen_encoder_trains_the_head_alone(pretrain_run, data, tmp_path):
+    from trainer.finetune import load_pose_model
+    from trainer.pose import PoseModel, load_pretrained
+    run_dir = tmp_path / "probe"
+    run_ok("finetune", "--source", data / "source", "--init", pretrain_run, "--no-ar", "--freeze-encoder", *TINY,
+           "--depth-bins", 8, "--head-channels", 16, "--epochs", 1, "--warmup-epochs", 0, "--max-steps", 2,
+           "--seed", 3, "--log-every", 1, "--figure-every", 0, "--run-dir", run_dir)
+    trained, meta = load_pose_model(run_dir)
+    m = meta["model"]
+    torch.manual_seed(3)   # finetune seeds torch before it builds the model: the same initial head
+    initial = PoseModel(m["encoder"], m["num_joints"], m["depth_bins"], m["head_channels"], m["deconv_layers"])
+    load_pretrained(initial, checkpoint_tag_dir(pretrain_run))
+    before, after = initial.state_dict(), trained.state_dict()
+    encoder = [k for k in before if k.startswith("encoder.")]
+    head = [k for k in before if not k.startswith("encoder.") and before[k].is_floating_point()]
+    assert encoder and head
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in head)
+    assert json.loads((run_dir / "config.json").read_text())["options"]["freeze_encoder"] is True
+    msg = one_error("finetune", "--source", data / "source", "--target", data / "target", "--init", pretrain_run,
+                    "--freeze-encoder", *TINY, "--run-dir", tmp_path / "with_ar")
+    assert "--freeze-encoder" in msg and "--no-ar" in msg
+
 # -- bad input: one clear line --------------------------------------------------------------
 def one_error(*args) -> str:
     result = CliRunner().invoke(cli, [str(a) for a in args])
