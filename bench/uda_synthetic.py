@@ -8,7 +8,7 @@ split (has it adapted?), next to the constant baseline (the source's mean pose):
   Scratch, MAE, w/o BG (no background replacement), w/o FCR, w/o AR, Ours (FCR + BG + AR),
 each over several seeds (the data is the same; initialisation, masking and data order vary).
 Runs the real commands (trainer pretrain / finetune / evaluate) exactly as trainer/demo.py does,
-at its "bench" scale (4000 instead of 3000 poses, 1100 fine-tuning steps instead of 900), two training jobs
+at its "bench" scale (4000 instead of 3000 poses, 1400 fine-tuning steps instead of 900), two training jobs
 at a time (trainer.demo.run_jobs).
 
     python -m bench.uda_synthetic [--quick] [--seeds 0,1,2] [--out DIR]
