@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-RESULTS = Path(__file__).parent / "results" / "data_pipeline.json"
+from bench.results import write_results
+
 INPUT = 256
 STORED = 288
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -387,8 +388,7 @@ def main():
         "rounds": {"samples_per_s": rate, "cpu_ms_per_sample": cpu_ms},
         "stage_cpu_ms_per_sample": profile, "memory": memory, "ratios": ratios,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1))
+    written = write_results("data_pipeline", args.quick, result)
 
     print(f"\npre-training input: {INPUT} px from {STORED} px crops, batch {batch}, {workers} workers / DALI threads, "
           f"{'GPU (mixed)' if gpu else 'CPU'}, {os.cpu_count()} cores")
@@ -406,7 +406,7 @@ def main():
         print(f"  {name:60s}{ms:7.2f}")
     print(f"\npeak RSS after epoch 1: {peaks[0]:.0f} MB, after epoch {len(peaks)}: {peaks[-1]:.0f} MB "
           f"(x{ratios['peak_rss_epoch5_vs_epoch1']:.3f}); RSS by epoch {[round(x) for x in memory['rss_mb_by_epoch']]}")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {written}")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,7 @@ from dataprep.cli import cli
 from dataprep.common import DEFAULT_CROP_SIZE
 from dataprep.demo import generate_demo
 
-RESULTS = Path(__file__).parent / "results" / "dataprep.json"
-
+from bench.results import write_results
 
 def decode_encode_rate(paths: list[Path], crop_size: int) -> float:
     """samples/s of the unavoidable work: decode the source image, encode a crop-size JPEG."""
@@ -79,9 +78,7 @@ def main():
         for r in rows:
             print(f"{r[0]:10} {r[1]:>7} {r[2]:>8} {r[3]:>10.1f} {r[4]:>10.1f} {r[5]:>10.1f} {r[6]:>6.2f}")
         raw["ratios"] = ratios
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(raw, indent=1))
-        print(f"wrote {RESULTS}")
+        print(f"wrote {write_results('dataprep', args.quick, raw)}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
