@@ -24,13 +24,11 @@ inputs, so load from other processes hits all alike. Ratios use each variant's f
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,13 +36,13 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-import trainer  # noqa: F401  (selects the DeepSpeed accelerator; keeps import order uniform)
 from shards.device import cuda_available
 from trainer.heatmaps import pose_loss
 from trainer.mae import MaskedAutoencoder
 from trainer.pose import LAMBDA_AR, FrozenAttentionNet, PoseModel, attention_regularisation, finetune_loss
 
-RESULTS = Path(__file__).parent / "results" / "train_step.json"
+from bench.results import write_results
+
 
 SETTINGS = {
     # quick: a minute or two; full: the paper's 256 px input (N = 256 patches), a shallower tiny ViT.
@@ -368,8 +366,7 @@ def main():
           f"(FCR adds only these and one (B, N) multiply; the rest of fcr_overhead is timing noise)")
     print("goals (fastest): " + ", ".join(f"{k}={'met' if v else 'NOT met'}" for k, v in goals.items()))
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    written = write_results("train_step", args.quick, {
         "benchmark": "train_step", "mode": mode, "config": cfg | DECODER | {"num_joints": NUM_JOINTS,
                                                                            "depth_bins": DEPTH_BINS},
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -378,8 +375,8 @@ def main():
         "images_per_second": ips, "fcr_weights_seconds": fcr_weights_s,
         "ratios": ratios, "ratios_from_medians": ratios_median, "goals": goals,
         "wall_seconds": wall,
-    }, indent=2))
-    print(f"wrote {RESULTS} ({wall:.0f} s)")
+    }, indent=2)
+    print(f"wrote {written} ({wall:.0f} s)")
 
 
 if __name__ == "__main__":

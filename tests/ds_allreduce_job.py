@@ -3,7 +3,9 @@ model on different data; DeepSpeed all-reduces gradients, so all ranks must end 
 import json
 import sys
 
-import trainer  # noqa: F401  (selects DS_ACCELERATOR before deepspeed is imported)
+from shards.device import configure_deepspeed_accelerator
+
+configure_deepspeed_accelerator()   # run as a script: before deepspeed is imported (it reads DS_ACCELERATOR once)
 import deepspeed
 import torch
 

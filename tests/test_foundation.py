@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-import trainer  # noqa: F401  (selects DS_ACCELERATOR before deepspeed is imported)
 import deepspeed
 from nvidia.dali import fn, pipeline_def, types
 

@@ -1,5 +1,5 @@
-"""Models, losses, metrics and the DeepSpeed stages (segnet, masks, pretrain, finetune, evaluate)."""
-from shards.device import configure_deepspeed_accelerator
+"""Models, losses, metrics and the DeepSpeed stages (segnet, masks, pretrain, finetune, evaluate).
 
-# DeepSpeed picks its accelerator once, at import: choose it before anything imports deepspeed.
-configure_deepspeed_accelerator()
+Importing the package does nothing else. DeepSpeed chooses its accelerator once, when it is first
+imported: the entry points (the `trainer` command, the benchmarks, the tests' conftest) call
+shards.device.configure_deepspeed_accelerator() before anything imports deepspeed."""

@@ -2,6 +2,8 @@
 `deepspeed --module trainer <command> ...`. Each stage module defines its own command."""
 import click
 
+from shards.device import configure_deepspeed_accelerator
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 # The deepspeed launcher inserts --local_rank=N before the command's own arguments (it also sets
@@ -12,6 +14,8 @@ def cli(local_rank):
 
     On a machine without CUDA everything runs on the CPU (DS_ACCELERATOR=cpu, DALI CPU mode,
     fp32 configs); with CUDA the same commands use GPUs, NCCL and bf16."""
+    # Before any stage imports deepspeed, which reads DS_ACCELERATOR once, at import.
+    configure_deepspeed_accelerator()
 
 
 from trainer import finetune, masks, pretrain, segnet  # noqa: E402  (stage commands)

@@ -86,7 +86,7 @@ import click
 import numpy as np
 import torch
 
-from shards.device import cuda_available, ensure_distributed_env, free_port
+from shards.device import configure_deepspeed_accelerator, cuda_available, ensure_distributed_env, free_port
 from shards.progress import progress
 from shards.schema import SampleError
 
@@ -229,6 +229,7 @@ class Dist:
 def init_distributed() -> Dist:
     """Join the process group the launcher describes (or a world of one). Idempotent."""
     own_world = ensure_distributed_env()
+    configure_deepspeed_accelerator()   # a no-op after the `trainer` command's own call; here for library callers
     import deepspeed
     from deepspeed.accelerator import get_accelerator
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -13,7 +13,9 @@ import sys
 
 import torch
 
-import trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
+from shards.device import configure_deepspeed_accelerator
+
+configure_deepspeed_accelerator()   # run as a script: before deepspeed is imported (it reads DS_ACCELERATOR once)
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from trainer.cli import cli
 

@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 
-import trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
 from trainer import engine
 from trainer.engine import ConfigError, NonFiniteLossError, StepOutput, TrainSettings
 

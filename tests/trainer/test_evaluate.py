@@ -13,7 +13,6 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import trainer  # noqa: F401  (selects DS_ACCELERATOR before deepspeed is imported)
 from shards.reader import iter_samples
 from shards.schema import encode_sample
 from shards.writer import ShardWriter

@@ -13,7 +13,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
 from tests.trainer.tiny_run import DEPTH_BINS, TINY, source_shards
 from trainer.cli import cli
 from trainer.engine import checkpoint_tag_dir, check_loads_safely

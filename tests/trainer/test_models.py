@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import trainer  # noqa: F401  (sets the DeepSpeed accelerator before anything imports deepspeed)
 from trainer.mae import MaskedAutoencoder, patch_foreground_ratio, random_masking
 from trainer.vit import ViTEncoder, sincos_pos_embed_2d, vit_config
 

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import trainer  # noqa: F401  (selects DS_ACCELERATOR before deepspeed is imported)
 import deepspeed
 from shards.device import ensure_distributed_env
 from trainer.heatmaps import pose_loss

@@ -17,7 +17,6 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-import trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
 from shards.reader import iter_samples, read_manifest
 from tests.shards.synthetic import background_sample, blob_mask, hand_sample, smooth_image, write_shards
 from trainer.cli import cli

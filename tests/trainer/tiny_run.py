@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-import trainer  # noqa: F401  (DS_ACCELERATOR before deepspeed)
 from tests.shards.synthetic import blob_mask, hand_sample, smooth_image, write_shards
 from trainer.cli import cli
 
