@@ -31,9 +31,10 @@ one batch into a loss; everything else lives here, once:
   --skip-bad-samples the loader leaves it out (shards.pipelines.Loader) and the loop counts it
   (metrics lines' bad_samples, summed over ranks) and logs it (stderr and
   ranks/rank<r>-bad-samples.jsonl);
-- a rank that dies (kill -9, OOM, a lost node): the deepspeed launcher names it and SIGTERMs the
-  others, which say so and name the checkpoint --resume continues from (RankLostError where a
-  collective notices the dead peer first);
+- a rank that dies (kill -9, OOM, a lost node): the deepspeed launcher SIGTERMs the others, which
+  exit at once, even from inside a collective, naming the dead rank and the checkpoint --resume
+  continues from (RankLostError where a collective notices the dead peer first); a peer that hangs
+  or whose node vanished without closing its connections stops the others after --dist-timeout;
 - a NaN/inf loss on any rank stops every rank with the step and the batch's sample keys logged;
   nothing is saved after it, so the last good checkpoint stays `latest`;
 - progress on rank 0 (a tqdm bar on a terminal, a plain line every 10 s in a log:
@@ -51,7 +52,7 @@ Public API
     training_options(epochs, warmup_epochs, checkpoint_every=1000, figure_every=500)   click decorator
     settings_from_options(options: dict, stage, default_config) -> TrainSettings   pops the shared options
     clear_errors(command)             click: known bad-input errors -> one line, exit status 1
-    init_distributed() -> Dist(rank, world_size, local_rank)
+    init_distributed(timeout_s) -> Dist(rank, world_size, local_rank)
     read_ds_config(path, world_size) -> dict;  default_ds_config(recipe, cpu_name) -> Path
     param_groups(model, weight_decay, layer_decay=None) -> list[dict]
     lr_at(step, base_lr, warmup_steps, total_steps, min_lr=0.0) -> float
@@ -68,6 +69,7 @@ Public API
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import math
@@ -75,6 +77,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -98,7 +101,7 @@ TAG_PREFIX = "step"
 # Options that may change between a run and its --resume: they steer bookkeeping, not the maths.
 # run_dir too: a run moved to a disk with room (after a full one) continues where it is now.
 RESUMABLE_OPTIONS = {"resume", "max_steps", "log_every", "figure_every", "checkpoint_every", "keep_checkpoints",
-                     "log_keys", "wandb", "run_dir", "skip_bad_samples"}
+                     "log_keys", "wandb", "run_dir", "skip_bad_samples", "dist_timeout"}
 
 
 class ConfigError(ValueError):
@@ -136,6 +139,7 @@ class TrainSettings:
     log_keys: bool = False         # ranks/rank<r>-keys.jsonl: every micro-batch's sample keys
     wandb: bool = False            # also log to Weights & Biases (offline unless WANDB_MODE says otherwise)
     skip_bad_samples: bool = False  # leave out samples DALI cannot read (counted and logged) instead of stopping
+    dist_timeout: float = 1800.0    # seconds a collective waits for the other ranks (torch's default)
 
     def __post_init__(self):
         for name in ("checkpoint_every", "keep_checkpoints", "log_every"):
@@ -145,6 +149,8 @@ class TrainSettings:
             raise ConfigError("--epochs must be positive, --warmup-epochs and --figure-every not negative")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError("--max-steps must be at least 1")
+        if self.dist_timeout <= 0:
+            raise ConfigError("--dist-timeout must be positive")
 
 
 SETTING_NAMES = tuple(TrainSettings.__dataclass_fields__)
@@ -177,6 +183,9 @@ def training_options(epochs: float, warmup_epochs: float, checkpoint_every: int 
         click.option("--skip-bad-samples", is_flag=True, help="a sample the pipelines cannot read (corrupted "
                      "JPEG, truncated tar) is left out, counted and logged (ranks/rank<r>-bad-samples.jsonl) "
                      "instead of stopping the run with an error naming its shard and key"),
+        click.option("--dist-timeout", type=float, default=1800.0, show_default=True, help="seconds a collective "
+                     "waits for the other ranks before this rank stops with an error naming them: the bound on "
+                     "a hang when a rank freezes or its node vanishes; above the longest checkpoint write"),
         click.option("--wandb", is_flag=True, help="also log scalars and figures to Weights & Biases: offline "
                      "into RUN_DIR/wandb unless WANDB_MODE=online (`wandb sync` uploads later)"),
     ]
@@ -226,8 +235,9 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed() -> Dist:
-    """Join the process group the launcher describes (or a world of one). Idempotent."""
+def init_distributed(timeout_s: float = 1800.0) -> Dist:
+    """Join the process group the launcher describes (or a world of one). Idempotent. A collective
+    waits `timeout_s` for the other ranks, then raises (gloo: "Timed out waiting ...")."""
     own_world = ensure_distributed_env()
     configure_deepspeed_accelerator()   # a no-op after the `trainer` command's own call; here for library callers
     import deepspeed
@@ -243,7 +253,8 @@ def init_distributed() -> Dist:
         if torch.distributed.is_initialized():
             break
         try:
-            deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(), verbose=False)
+            deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name(), verbose=False,
+                                       timeout=datetime.timedelta(seconds=timeout_s))
         except torch.distributed.DistNetworkError as e:
             # A world of one picked a free port that another process took before the store bound it
             # (seen with training jobs started side by side): pick another. A launcher's port is its own.
@@ -507,7 +518,7 @@ def _comparable(options: dict) -> dict:
 def start_run(stage: str, settings: TrainSettings, options: dict, model_signature: dict) -> Run:
     """Distributed start-up, the checked DeepSpeed config and the run directory. Fresh runs
     write config.json; --resume checks the checkpoint and the options against the run's own."""
-    dist = init_distributed()
+    dist = init_distributed(settings.dist_timeout)
     ds_config = add_monitors(read_ds_config(settings.ds_config, dist.world_size), settings.run_dir, settings.wandb)
     all_options = {**options, **asdict(settings)}
     run = Run(stage, settings, all_options, model_signature, dist, ds_config)
@@ -584,23 +595,68 @@ def fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, grou
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     if not cuda_available():
         torch.use_deterministic_algorithms(True)  # bit-identical resume on CPU
-    sigterm_before = _stop_cleanly_on_sigterm(run)
+    _record_process(run)
+    restore_sigterm = _stop_cleanly_on_sigterm(run)
     try:
         return _fit(run, model, loaders, step_fn, groups, figure_fn)
     except RuntimeError as e:
-        # gloo/NCCL report a dead peer from inside whichever collective was waiting on it
+        # gloo/NCCL report a dead peer from inside whichever collective was waiting on it, or
+        # time out (--dist-timeout) on one that hangs
         if run.dist.world_size > 1 and any(s in str(e) for s in LOST_PEER_MESSAGES):
-            raise RankLostError(f"rank {run.dist.rank} lost contact with another rank of {run.run_dir} ({e}): it "
-                                f"died or was killed. {_resume_hint(run)}") from None
+            raise RankLostError(f"rank {run.dist.rank} lost contact with {_lost_ranks(run, wait_s=2.0)} of "
+                                f"{run.run_dir} ({e}). {_resume_hint(run)}") from None
         raise
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         _finish_wandb(run)
-        if sigterm_before is not None:
-            signal.signal(signal.SIGTERM, sigterm_before)
+        restore_sigterm()
 
 
-LOST_PEER_MESSAGES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+LOST_PEER_MESSAGES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out waiting",
+                      "NCCL communicator was aborted")
+
+
+def _process_file(run: Run, rank: int) -> Path:
+    return run.run_dir / "ranks" / f"rank{rank:05d}-process.json"
+
+
+def _record_process(run: Run) -> None:
+    """Where this rank runs, so that the others can name it if it dies."""
+    path = _process_file(run, run.dist.rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rank": run.dist.rank, "host": socket.gethostname(), "pid": os.getpid()}))
+
+
+def _lost_ranks(run: Run, wait_s: float = 0.0) -> str:
+    """The other ranks of this host that are gone (or frozen), e.g. "rank 1 (pid 4242, died)": the
+    deepspeed launcher's own message names the wrong command. Ranks on other hosts cannot be
+    checked from here; "another rank" when none is found. A killed process closes its sockets a
+    moment before it shows as dead: `wait_s` gives it that moment."""
+    deadline = time.monotonic() + wait_s
+    while not (lost := _lost_ranks_now(run)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return ", ".join(lost) or "another rank (it died, hung or lost its node)"
+
+
+def _lost_ranks_now(run: Run) -> list[str]:
+    import psutil
+    host, lost = socket.gethostname(), []
+    for rank in range(run.dist.world_size):
+        try:
+            record = json.loads(_process_file(run, rank).read_text())
+        except (OSError, ValueError):
+            continue
+        if rank == run.dist.rank or record["host"] != host:
+            continue
+        try:
+            status = psutil.Process(record["pid"]).status()
+        except psutil.Error:      # reaped by the launcher
+            status = psutil.STATUS_DEAD
+        if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            lost.append(f"rank {rank} (pid {record['pid']}, died)")
+        elif status == psutil.STATUS_STOPPED:
+            lost.append(f"rank {rank} (pid {record['pid']}, stopped)")
+    return lost
 
 
 def _resume_hint(run: Run) -> str:
@@ -610,20 +666,49 @@ def _resume_hint(run: Run) -> str:
     return f"The last complete checkpoint is {run.checkpoint_dir / latest}: continue with --resume"
 
 
-def _stop_cleanly_on_sigterm(run: Run):
+def _stop_cleanly_on_sigterm(run: Run) -> Callable[[], None]:
     """SIGTERM is how the deepspeed launcher stops the other ranks when one dies (and how SLURM
-    preempts): say so, on every rank, and which checkpoint a --resume continues from, then exit at
-    once. Exiting anywhere is safe, a checkpoint write included: `latest` names complete ones only.
-    Returns the previous handler (None off the main thread, where no handler can be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+    preempts): say so, on every rank, naming the dead rank and the checkpoint a --resume continues
+    from, then exit at once. Exiting anywhere is safe, a checkpoint write included: `latest` names
+    complete ones only. Returns the function that puts the previous handling back.
 
-    def handler(signum, frame):
-        sys.stderr.write(f"rank {run.dist.rank}: stopped by SIGTERM (the launcher stops every rank when one fails; a "
-                         f"scheduler stops jobs it preempts). {_resume_hint(run)}\n")
+    A Python signal handler runs only once the main thread is back in the interpreter, and a rank
+    waiting in a gloo collective for a peer that will never answer (frozen, or its sockets held
+    open by a child process or a vanished node) stays in C++ until --dist-timeout (30 min by
+    default): the launcher then SIGKILLs it after 30 s, silently. So the handler is doubled by a
+    thread that reads the signal from Python's wakeup fd, which the C-level handler writes to at
+    once, whatever the main thread is doing (the collectives release the GIL while they wait)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    stopping = threading.Lock()
+
+    def stop():
+        if not stopping.acquire(blocking=False):   # the thread and the handler both saw it
+            return
+        lost = _lost_ranks(run) if run.dist.world_size > 1 else ""
+        why = (f"after {lost} " if lost and not lost.startswith("another") else "") + \
+            "(the launcher stops every rank when one fails; a scheduler stops jobs it preempts)"
+        sys.stderr.write(f"rank {run.dist.rank}: stopped by SIGTERM {why}. {_resume_hint(run)}\n")
         sys.stderr.flush()
         os._exit(128 + signal.SIGTERM)
-    return signal.signal(signal.SIGTERM, handler)
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    wakeup_before = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def watch():
+        while data := os.read(read_end, 64):   # b"" once the write end is closed
+            if signal.SIGTERM in data:
+                stop()
+        os.close(read_end)
+    threading.Thread(target=watch, name="sigterm-watch", daemon=True).start()
+    handler_before = signal.signal(signal.SIGTERM, lambda signum, frame: stop())
+
+    def restore():
+        signal.signal(signal.SIGTERM, handler_before)
+        signal.set_wakeup_fd(wakeup_before)
+        os.close(write_end)
+    return restore
 
 
 def _finish_wandb(run: Run) -> None:
