@@ -271,3 +271,193 @@ def test_sigterm_says_where_to_resume_from(source, reference, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert [m for m in metrics(run_dir) if m.get("event") == "resume"][0]["checkpoint"] == killed_at
     assert same_weights(run_dir, reference)
+
+
+# -- a rank lost from a two-rank run -------------------------------------------------------------
+def launch_two_ranks(module: str, args, log):
+    """`deepspeed --num_gpus 2 --module MODULE ARGS` (the real launcher: 2 CPU ranks, gloo), in a
+    session of its own so that a test can end whatever is left of it."""
+    from shards.device import free_port
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+           "--module", module, *map(str, args)]
+    return subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def end_session(proc) -> None:
+    """SIGKILL what is left of a launched run (a frozen rank included): the launcher's session."""
+    import signal
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+def rank_pid(run_dir, rank: int) -> int:
+    return json.loads((Path(run_dir) / "ranks" / f"rank{rank:05d}-process.json").read_text())["pid"]
+
+
+def gone(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def keys_by_step(run_dir, rank: int) -> dict:
+    """{(step, micro): keys} of a rank's keys log; a step logged again after a resume replaces the
+    line the killed run wrote."""
+    lines = (Path(run_dir) / "ranks" / f"rank{rank:05d}-keys.jsonl").read_text().splitlines()
+    return {(r["step"], r["micro"]): r["keys"] for r in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="module")
+def source2(tmp_path_factory):
+    """48 samples: 24 per rank of two, 3 steps of 2 x 8 per epoch (STEPS in 2 epochs, as above)."""
+    return source_shards(tmp_path_factory.mktemp("fault_data2"), 48)
+
+
+@pytest.fixture(scope="module")
+def two_rank_reference(source2, tmp_path_factory):
+    """The uninterrupted two-rank run, through the launcher."""
+    run_dir = tmp_path_factory.mktemp("runs") / "ref2"
+    with open(run_dir.with_name("ref2.log"), "w") as log:
+        proc = launch_two_ranks("trainer", [*finetune_args(source2, run_dir), "--log-keys"], log)
+        try:
+            assert proc.wait(timeout=600) == 0, run_dir.with_name("ref2.log").read_text()[-3000:]
+        finally:
+            end_session(proc)
+    return run_dir
+
+
+def wait_for(condition, proc, log, timeout=600):
+    import time
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, Path(log.name).read_text()[-3000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_kill_one_rank_of_two(source2, two_rank_reference, tmp_path):
+    """Rank 1 of a two-rank run is SIGKILLed in the middle of step 3 (after its forward pass). The
+    launcher stops rank 0, which exits at once with one line naming rank 1 and the checkpoint
+    --resume continues from; no process is left. --resume on two ranks then ends with the
+    uninterrupted run's weights, losses and per-rank sample keys."""
+    run_dir, log_path = tmp_path / "killed", tmp_path / "launcher.log"
+    with open(log_path, "w") as log:
+        proc = launch_two_ranks("tests.trainer.fault_main",
+                                ["kill-rank1", 3, *finetune_args(source2, run_dir), "--log-keys"], log)
+        try:
+            returncode = proc.wait(timeout=600)
+        finally:
+            end_session(proc)
+    output = log_path.read_text()
+    assert returncode != 0, output[-3000:]
+    print(output[-1500:])
+    ckpt = run_dir / "checkpoints"
+    assert (ckpt / "latest").read_text() == "step00000002"
+    # rank 0 noticed first (gloo: connection reset) or the launcher's SIGTERM reached it first
+    said = [line for line in output.splitlines()
+            if line.startswith(("Error: rank 0 lost contact with", "rank 0: stopped by SIGTERM"))]
+    assert len(said) == 1, output[-3000:]
+    assert f"rank 1 (pid {rank_pid(run_dir, 1)}, died)" in said[0], said[0]
+    assert f"{ckpt / 'step00000002'}: continue with --resume" in said[0], said[0]
+    assert gone(rank_pid(run_dir, 0)) and gone(rank_pid(run_dir, 1))
+    assert [m["step"] for m in metrics(run_dir) if "loss" in m] == [1, 2]
+
+    with open(tmp_path / "resumed.log", "w") as log:
+        proc = launch_two_ranks("trainer", [*finetune_args(source2, run_dir), "--log-keys", "--resume"], log)
+        try:
+            assert proc.wait(timeout=600) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+        finally:
+            end_session(proc)
+    assert [m for m in metrics(run_dir) if m.get("event") == "resume"][0]["checkpoint"] == "step00000002"
+    assert same_weights(run_dir, two_rank_reference)
+    losses = [{m["step"]: m["loss"] for m in metrics(r) if "loss" in m} for r in (run_dir, two_rank_reference)]
+    assert losses[0] == losses[1] and sorted(losses[0]) == list(range(1, STEPS + 1))
+    for rank in (0, 1):   # rank 1's lines before the kill may be lost with its buffer: compare from step 3
+        resumed, ref = keys_by_step(run_dir, rank), keys_by_step(two_rank_reference, rank)
+        assert {k: v for k, v in resumed.items() if k[0] >= 3} == {k: v for k, v in ref.items() if k[0] >= 3}
+        assert len([k for k in ref if k[0] >= 3]) == STEPS - 2
+
+
+def start_long_two_rank_run(source, run_dir, log, *extra):
+    """A two-rank run of 120 steps, once it has done one."""
+    args = finetune_args(source, run_dir, *extra)
+    args[args.index("--epochs") + 1] = 40
+    proc = launch_two_ranks("trainer", args, log)
+    wait_for(lambda: (run_dir / "metrics.jsonl").exists() and any(m.get("step", 0) >= 1 and "loss" in m
+                                                                 for m in metrics(run_dir)), proc, log)
+    return proc
+
+
+def wait_until_idle(pid: int, timeout=120) -> None:
+    """Until the process uses no CPU for a second: rank 0 waiting in a collective."""
+    import time
+
+    import psutil
+    process, deadline = psutil.Process(pid), time.time() + timeout
+    before = sum(process.cpu_times()[:2])
+    while time.time() < deadline:
+        time.sleep(1.0)
+        now = sum(process.cpu_times()[:2])
+        if now - before < 0.02:
+            return
+        before = now
+    raise AssertionError(f"pid {pid} still busy after {timeout} s")
+
+
+def test_sigterm_reaches_a_rank_waiting_for_a_frozen_peer(source2, tmp_path):
+    """Rank 1 freezes (SIGSTOP: it holds its connections open, as a hung process or a vanished
+    node does), rank 0 waits for it inside a gloo collective. SIGTERM must still end rank 0 at once
+    with its message naming rank 1: a Python signal handler alone waits for the collective to return."""
+    import signal
+    import time
+
+    import psutil
+    run_dir, log_path = tmp_path / "frozen", tmp_path / "launcher.log"
+    with open(log_path, "w") as log:
+        proc = start_long_two_rank_run(source2, run_dir, log)
+        try:
+            psutil.Process(rank_pid(run_dir, 1)).suspend()
+            wait_until_idle(rank_pid(run_dir, 0))
+            began = time.time()
+            os.kill(rank_pid(run_dir, 0), signal.SIGTERM)
+            wait_for(lambda: gone(rank_pid(run_dir, 0)), proc, log, timeout=60)
+            took = time.time() - began
+        finally:
+            end_session(proc)
+    print(f"rank 0 ended {took:.1f} s after SIGTERM")
+    said = [line for line in log_path.read_text().splitlines() if line.startswith("rank 0: stopped by SIGTERM")]
+    assert len(said) == 1, log_path.read_text()[-3000:]
+    assert f"after rank 1 (pid {rank_pid(run_dir, 1)}, stopped)" in said[0]
+    assert "continue with --resume" in said[0] or "No checkpoint was written yet" in said[0]
+
+
+def test_a_frozen_rank_stops_the_others_after_dist_timeout(source2, tmp_path):
+    """No launcher notices a frozen rank (its process lives): --dist-timeout bounds rank 0's wait,
+    then rank 0 stops with one error naming rank 1."""
+    import time
+
+    import psutil
+    run_dir, log_path = tmp_path / "frozen", tmp_path / "launcher.log"
+    timeout = 20   # above any start-up skew between the ranks on a loaded machine
+    with open(log_path, "w") as log:
+        proc = start_long_two_rank_run(source2, run_dir, log, "--dist-timeout", timeout)
+        try:
+            psutil.Process(rank_pid(run_dir, 1)).suspend()
+            began = time.time()
+            wait_for(lambda: gone(rank_pid(run_dir, 0)), proc, log, timeout=timeout + 120)
+            took = time.time() - began
+        finally:
+            end_session(proc)
+    print(f"rank 0 ended {took:.1f} s after rank 1 froze")
+    assert took >= timeout - 1
+    errors = error_lines(log_path.read_text())
+    assert len(errors) == 1, log_path.read_text()[-3000:]
+    assert errors[0].startswith(f"Error: rank 0 lost contact with rank 1 (pid {rank_pid(run_dir, 1)}, stopped)")
+    assert "Timed out" in errors[0]
+    assert "continue with --resume" in errors[0] or "No checkpoint was written yet" in errors[0]
