@@ -51,8 +51,10 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 # -- data -------------------------------------------------------------------------------------
 def make_data(root: Path, n_source: int, n_target: int, n_backgrounds: int) -> dict:
-    from tests.shards.synthetic import background_sample, blob_mask, photo_crops, write_shards
+    from dataprep.synthetic.photos import photo_crops
+    from dataprep.synthetic.raster import blob_mask
     from shards.schema import Sample
+    from shards.writer import write_samples
     rng = np.random.default_rng(0)
 
     def crops(prefix, n, seed):
@@ -61,13 +63,15 @@ def make_data(root: Path, n_source: int, n_target: int, n_backgrounds: int) -> d
                              "root_index": None})
                 for i, img in enumerate(photo_crops(n, STORED, seed))]
     paths = {"source": root / "source", "target": root / "target", "backgrounds": root / "backgrounds"}
-    write_shards(paths["source"], crops("src", n_source, 1), per_shard=256, name="source")
-    write_shards(paths["target"], crops("tgt", n_target, 2), per_shard=256, name="target")
+    write_samples(paths["source"], crops("src", n_source, 1), per_shard=256, name="source", command=["bench"])
+    write_samples(paths["target"], crops("tgt", n_target, 2), per_shard=256, name="target", command=["bench"])
     backgrounds = []
     for i, img in enumerate(photo_crops(n_backgrounds, 384, 3)):   # shorter side 288, longer 288..384
         w = int(rng.integers(STORED, 385))
-        backgrounds.append(background_sample(f"bg{i:06d}", np.asarray(Image.fromarray(img).resize((w, STORED)))))
-    write_shards(paths["backgrounds"], backgrounds, per_shard=256, name="backgrounds")
+        backgrounds.append(Sample(key=f"bg{i:06d}", image=np.asarray(Image.fromarray(img).resize((w, STORED))),
+                                  meta={"dataset": "backgrounds", "split": "train", "source": "synthetic",
+                                        "joint_order": "none", "root_index": None}))
+    write_samples(paths["backgrounds"], backgrounds, per_shard=256, name="backgrounds", command=["bench"])
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -248,8 +252,9 @@ def stage_pipeline(stage: str, paths, batch_size: int, threads: int):
     nothing else."""
     from nvidia.dali import fn, pipeline_def, types
     from shards.device import cuda_available
-    from shards.pipelines.common import (Augment, ShardSet, colour_normalisation, crop_to_input, decode_image,
-                                         image_size, mask_or_zeros, normalise, reader, warp, with_mask_channel)
+    from shards.pipelines.augment import Augment, colour_normalisation, crop_to_input, with_mask_channel
+    from shards.pipelines.shardset import ShardSet
+    from shards.pipelines.steps import decode_image, image_size, mask_or_zeros, normalise, reader, warp
     from shards.pipelines.pretrain import composite_and_normalise
     gpu = cuda_available()
     src, bgs = ShardSet.at(paths["source"]), ShardSet.at(paths["backgrounds"])

@@ -1,5 +1,6 @@
-"""Conversion throughput: `dataprep freihand` / `dataprep rhd` samples/s per worker, against
-the JPEG/PNG decode + JPEG encode every sample must pay (measured in the same run, same images).
+"""Conversion throughput: FreiHAND and RHD training splits (dataprep.freihand.convert,
+dataprep.rhd.convert) in samples/s per worker, against the JPEG/PNG decode + JPEG encode every
+sample must pay (measured in the same run, same images).
 
     python -m bench.dataprep [--quick]
 """
@@ -7,19 +8,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from click.testing import CliRunner
 from PIL import Image
 
-from dataprep.cli import cli
+from dataprep import freihand, rhd
 from dataprep.common import DEFAULT_CROP_SIZE
-from dataprep.demo import generate_demo
+from dataprep.synthetic import generate_demo
 
 from bench.results import write_results
 
@@ -34,16 +33,12 @@ def decode_encode_rate(paths: list[Path], crop_size: int) -> float:
     return len(paths) / (time.perf_counter() - t)
 
 
-def convert_rate(command: str, src: Path, out: Path, workers: int, limit: int, extra: list[str]) -> tuple[float, int]:
+def convert_rate(convert, src: Path, out: Path, workers: int, limit: int) -> tuple[float, int]:
+    """samples/s of one training-split conversion (the dataset module's plain `convert`)."""
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    res = CliRunner().invoke(cli, [command, str(src), str(out), "--workers", str(workers), "--limit", str(limit), *extra],
-                             catch_exceptions=False)
-    dt = time.perf_counter() - t
-    if res.exit_code != 0:
-        raise SystemExit(res.output)
-    samples = sum(json.loads(m.read_text())["samples"] for m in out.glob("*/manifest.json"))
-    return samples / dt, samples
+    manifest = convert(src, out / "train", "train", workers=workers, limit=limit)
+    return manifest["samples"] / (time.perf_counter() - t), manifest["samples"]
 
 
 def main():
@@ -59,17 +54,17 @@ def main():
         rhd_root = paths.target.parent
         gen_s = time.perf_counter() - t
         jobs = {
-            "freihand": (paths.source, ["--splits", "train"], sorted((paths.source / "training" / "rgb").glob("*.jpg"))),
-            "rhd": (rhd_root, ["--splits", "train"], sorted((paths.target / "training" / "color").glob("*.png"))),
+            "freihand": (freihand.convert, paths.source, sorted((paths.source / "training" / "rgb").glob("*.jpg"))),
+            "rhd": (rhd.convert, rhd_root, sorted((paths.target / "training" / "color").glob("*.png"))),
         }
         rows, raw = [], {"generated_in_s": gen_s, "crop_size": DEFAULT_CROP_SIZE, "datasets": {}}
         ratios = {}
-        for name, (src, extra, images) in jobs.items():
+        for name, (convert, src, images) in jobs.items():
             limit = len(images)
             base = decode_encode_rate(images, DEFAULT_CROP_SIZE)
             entry = {"images": limit, "decode_encode_samples_per_s": base, "convert": {}}
             for w in workers_list:
-                rate, n = convert_rate(name, src, root / f"out_{name}_{w}", w, limit, extra)
+                rate, n = convert_rate(convert, src, root / f"out_{name}_{w}", w, limit)
                 entry["convert"][str(w)] = {"samples": n, "samples_per_s": rate, "per_worker": rate / w}
                 ratios[f"{name}_w{w}_per_worker_vs_decode_encode"] = rate / w / base
                 rows.append((name, w, n, rate, rate / w, base, rate / w / base))

@@ -14,10 +14,11 @@ at a time (trainer.demo.run_jobs).
     python -m bench.uda_synthetic [--quick] [--seeds 0,1,2] [--out DIR]
 
 --quick: Scratch, MAE and Ours, one seed, at the demo's scale (the runs `make demo` makes). Writes
-bench/results/uda_synthetic.json: per method `source_epe_mm` and `target_epe_mm` (one value per
-seed), the same for `mean_pose`, per-seed metrics, mean/std, wall time, and `ratios`
-(constant EPE / method EPE per split: above 1 means better than the constant; and Scratch EPE /
-method EPE on the target: above 1 means better than training from scratch).
+bench/results/uda_synthetic.json (--quick: bench/results/quick/, git-ignored): per method
+`source_epe_mm` and `target_epe_mm` (one value per seed), the same for `mean_pose`, per-seed
+metrics, mean/std, wall time, and `ratios` (constant EPE / method EPE per split: above 1 means
+better than the constant; and Scratch EPE / method EPE on the target: above 1 means better than
+training from scratch).
 """
 from __future__ import annotations
 
@@ -28,10 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.results import write_results
 from trainer.demo import (CONSTANT, DEMO_METHODS, METHODS, SCALES, epe_by_split, evaluate, method_jobs,
                           prepare_data, run_jobs, short_name)
-
-RESULTS = Path(__file__).parent / "results" / "uda_synthetic.json"
 
 
 def steps(run_dir: Path) -> int | None:
@@ -98,7 +98,6 @@ def main():
               f"| {row['target_epe_mm_mean']:.1f} ± {row['target_epe_mm_std']:.1f} "
               f"| {row['target_epe_mm_mean'] / row['source_epe_mm_mean']:.2f} "
               f"| {' '.join(f'{v:.1f}' for v in row['target_epe_mm'])} |")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     doc = {"run": "quick" if args.quick else "full", "scale_name": scale_name, "scale": scale.__dict__, "seeds": seeds,
            "parallel": args.parallel, "finetune_steps": steps(finetuned[seeds[0]]["Scratch"]),
            "mean_pose": {k: table[CONSTANT][k] for k in ("source_epe_mm", "target_epe_mm")},
@@ -106,8 +105,7 @@ def main():
                        for m in methods},
            "summary": table, "per_seed": per_seed, "ratios": ratios, "seconds": seconds, "step_seconds": times,
            "work_dir": str(out)}
-    RESULTS.write_text(json.dumps(doc, indent=1, default=list))
-    print(f"wrote {RESULTS} ({seconds:.0f} s)")
+    print(f"wrote {write_results('uda_synthetic', args.quick, doc, default=list)} ({seconds:.0f} s)")
 
 
 if __name__ == "__main__":

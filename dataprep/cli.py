@@ -1,13 +1,27 @@
 """`dataprep`: convert public datasets in their original released layouts into shards.
 
-Each dataset module defines one click command; this file only collects them."""
+Each dataset module defines one click command; this file collects them and turns the library's
+domain errors into one line and exit status 1."""
 import click
 
-from . import freihand, tools, rhd, stb, panoptic, ganerated, imagenet, demo
-from . import h36m, pw3d, mpi_inf_3dhp, surreal
+from shards.schema import SampleError
+
+from . import demo, freihand, ganerated, h36m, imagenet, mpi_inf_3dhp, panoptic, pw3d, rhd, stb, surreal, tools
+from .common import ConversionError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class DataprepGroup(click.Group):
+    """Bad input, wherever a command meets it (a dataset file, a shard, an option the library
+    checks), ends the command with its message instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (ConversionError, SampleError, FileNotFoundError) as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=DataprepGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """Convert datasets (original layouts) into webdataset shards with DALI indexes.
 

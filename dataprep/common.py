@@ -1,11 +1,10 @@
-"""Shared conversion code: crops and their camera, the parallel driver that feeds ShardWriter,
-and the click options every dataset command takes."""
+"""Shared conversion code: reading released images, arrays and pickles, crops and their camera,
+and the parallel driver (convert_split) that feeds ShardWriter."""
 from __future__ import annotations
 
 import functools
 import json
 import multiprocessing as mp
-import os
 import pickle
 import random
 import re
@@ -13,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import click
 import numpy as np
 from PIL import Image
 
+from shards.files import atomic_write_text
 from shards.progress import progress
 from shards.schema import Sample, SampleError, encode_sample
 from shards.writer import ShardWriter
@@ -61,6 +60,12 @@ def check_array(a, shape: tuple, what: str, file, sample: str | None) -> np.ndar
     if not np.all(np.isfinite(a)):
         raise SampleError(f"{what} has NaN/inf", file=str(file), sample=sample)
     return a
+
+
+def key_part(text: str) -> str:
+    """A name from a dataset (sequence, camera, file stem) made fit for a sample key: keys hold no
+    '.' or '/' (DALI splits the extension at the first dot)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
 # -- crops ----------------------------------------------------------------------------------
@@ -125,10 +130,6 @@ def crop_around(uv: np.ndarray, size: int, context: float = DEFAULT_CONTEXT, mir
     return Crop(float(c[0]), float(c[1]), side, size, mirror)
 
 
-def binarise(mask: np.ndarray, threshold: int = 128) -> np.ndarray:
-    return np.where(mask >= threshold, 255, 0).astype(np.uint8)
-
-
 # -- pickles --------------------------------------------------------------------------------
 class RestrictedUnpickler(pickle.Unpickler):
     """Admit only numpy arrays/scalars/dtypes and builtin containers: dataset pickles are
@@ -161,6 +162,11 @@ def load_pickle(path, encoding: str = "latin1"):
 
 
 # -- the driver -----------------------------------------------------------------------------
+class ConversionError(RuntimeError):
+    """A conversion stopped on a bad input item (without --skip-bad): the message names the file
+    and sample. Complete shards are kept, and a rerun resumes after them."""
+
+
 SKIPPED = "skipped.jsonl"    # one line per skipped item, beside manifest.json
 SKIP_EXAMPLES = 10           # skipped items named in the manifest itself
 
@@ -193,10 +199,7 @@ class SkipLog:
         if self.path.exists() and items_done:
             with open(self.path) as f:
                 self.entries = [e for e in map(json.loads, f) if e["item"] < items_done]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.entries)
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.entries))
         self._file = open(self.path, "a")
 
     def add(self, item_no: int, key: str, error: dict) -> None:
@@ -266,8 +269,8 @@ def convert_split(items: list, make_samples: Callable[[object], Iterable[Sample]
             bar.update(1)
             if isinstance(result, tuple) and result[0] == "error":
                 if not skip_bad:
-                    raise click.ClickException(f"{desc}: {result[1]['message']}  (complete shards are kept and a rerun "
-                                               "resumes after them; --skip-bad records and skips bad samples)")
+                    raise ConversionError(f"{desc}: {result[1]['message']}  (complete shards are kept and a rerun "
+                                          "resumes after them; --skip-bad records and skips bad samples)")
                 skips.add(item_no, result[1]["sample"] or item_key(items[item_no]), result[1])
                 continue
             for key, members in result:
@@ -283,26 +286,3 @@ def convert_split(items: list, make_samples: Callable[[object], Iterable[Sample]
     # The writer's own manifest field would list every skip: the summary replaces it.
     writer.manifest_extra["skipped"] = skips.summary()
     return writer.close(len(items))
-
-
-def conversion_options(f):
-    """Options shared by every dataset command."""
-    opts = [
-        click.option("--workers", type=int, default=1, show_default=True, help="parallel conversion processes"),
-        click.option("--limit", type=int, default=None, help="convert only the first N items of each split (after shuffling)"),
-        click.option("--skip-bad", is_flag=True, help="skip bad samples instead of stopping: counted by reason in manifest.json, each listed in skipped.jsonl"),
-        click.option("--crop-size", type=int, default=DEFAULT_CROP_SIZE, show_default=True, help="stored crop side in pixels"),
-        click.option("--context", type=float, default=DEFAULT_CONTEXT, show_default=True, help="crop side / joint bounding-box side"),
-        click.option("--shard-count", type=int, default=2000, show_default=True, help="max samples per shard"),
-        click.option("--shard-mb", type=int, default=512, show_default=True, help="max MiB per shard"),
-        click.option("--jpeg-quality", type=int, default=95, show_default=True),
-        click.option("--shuffle-seed", type=int, default=0, show_default=True, help="order of samples in the shards"),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
-
-
-def driver_kwargs(workers, limit, skip_bad, shard_count, shard_mb, jpeg_quality, shuffle_seed) -> dict:
-    return dict(workers=workers, limit=limit, skip_bad=skip_bad, shard_count=shard_count,
-                shard_bytes=shard_mb << 20, jpeg_quality=jpeg_quality, shuffle_seed=shuffle_seed)

@@ -21,7 +21,8 @@ import numpy as np
 
 from shards.schema import Sample, SampleError
 
-from .common import conversion_options, convert_split, crop_around, driver_kwargs, load_rgb
+from .common import DEFAULT_CONTEXT, DEFAULT_CROP_SIZE, convert_split, crop_around, load_rgb
+from .options import checked_splits, comma_list, conversion_options, driver_kwargs
 
 VERSIONS = ("gs", "hom", "sample", "auto")   # image id // num_annotations
 PIXEL_CENTRE_SHIFT = 0.5     # K's pixel-centre convention -> the crops' pixel corners
@@ -82,6 +83,28 @@ def make_samples(item, *, root: Path, folder: str, split: str, xyz: np.ndarray, 
     )
 
 
+def convert(src_root: Path, out_dir: Path, split: str, *, versions=VERSIONS, mask_threshold: int = 240,
+            crop_size: int = DEFAULT_CROP_SIZE, context: float = DEFAULT_CONTEXT, **driver) -> dict:
+    """One split ("train" or "test") of FreiHAND v2 at `src_root` -> shards in `out_dir`; returns
+    the manifest. `driver`: convert_split's options (workers, limit, skip_bad, ...)."""
+    folder = SPLITS[split]
+    xyz = load_json_array(src_root / f"{folder}_xyz.json", (21, 3), f"{folder}_xyz.json")
+    K = load_json_array(src_root / f"{folder}_K.json", (3, 3), f"{folder}_K.json")
+    if len(xyz) != len(K):
+        raise SampleError(f"{folder}_xyz.json has {len(xyz)} entries but {folder}_K.json {len(K)}", file=str(src_root))
+    n = len(xyz)
+    if split == "train":
+        ids = [VERSIONS.index(v) * n + a for v in versions for a in range(n)]
+    else:
+        ids = list(range(n))
+    make = functools.partial(make_samples, root=src_root, folder=folder, split=split, xyz=xyz, K=K,
+                             crop_size=crop_size, context=context, mask_threshold=mask_threshold)
+    return convert_split(ids, make, out_dir, desc=f"freihand/{split}",
+                         manifest_extra={"dataset": "freihand", "split": split, "joint_order": "hand21",
+                                         "versions": list(versions) if split == "train" else None,
+                                         "crop_size": crop_size, "context": context}, **driver)
+
+
 @click.command("freihand")
 @click.argument("src_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -94,31 +117,11 @@ def cli(src_root, out_dir, splits, versions, mask_threshold, crop_size, context,
 
     Joints in hand21, millimetres, camera frame; crops centred on the hand; training masks
     thresholded to 0/255."""
-    wanted_versions = [v.strip() for v in versions.split(",") if v.strip()]
+    wanted_versions = comma_list(versions)
     bad = set(wanted_versions) - set(VERSIONS)
     if bad:
         raise click.BadParameter(f"unknown versions {sorted(bad)}; choose from {VERSIONS}", param_hint="--versions")
-    for split in [s.strip() for s in splits.split(",") if s.strip()]:
-        if split not in SPLITS:
-            raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
-        folder = SPLITS[split]
-        try:
-            xyz = load_json_array(src_root / f"{folder}_xyz.json", (21, 3), f"{folder}_xyz.json")
-            K = load_json_array(src_root / f"{folder}_K.json", (3, 3), f"{folder}_K.json")
-        except SampleError as e:
-            raise click.ClickException(str(e))
-        if len(xyz) != len(K):
-            raise click.ClickException(f"{folder}_xyz.json has {len(xyz)} entries but {folder}_K.json {len(K)}")
-        n = len(xyz)
-        if split == "train":
-            ids = [VERSIONS.index(v) * n + a for v in wanted_versions for a in range(n)]
-        else:
-            ids = list(range(n))
-        make = functools.partial(make_samples, root=src_root, folder=folder, split=split, xyz=xyz, K=K,
-                                 crop_size=crop_size, context=context, mask_threshold=mask_threshold)
-        m = convert_split(ids, make, out_dir / split, desc=f"freihand/{split}",
-                          manifest_extra={"dataset": "freihand", "split": split, "joint_order": "hand21",
-                                          "versions": wanted_versions if split == "train" else None,
-                                          "crop_size": crop_size, "context": context},
-                          **driver_kwargs(**kw))
+    for split in checked_splits(splits, SPLITS):
+        m = convert(src_root, out_dir / split, split, versions=wanted_versions, mask_threshold=mask_threshold,
+                    crop_size=crop_size, context=context, **driver_kwargs(**kw))
         click.echo(f"freihand/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

@@ -29,7 +29,8 @@ import numpy as np
 
 from shards.schema import Sample, SampleError
 
-from .common import conversion_options, convert_split, crop_around, driver_kwargs, load_rgb
+from .common import convert_split, crop_around, load_rgb
+from .options import comma_list, conversion_options, driver_kwargs
 
 SUBSETS = ("noObject", "withObject")
 # Original camera (640x480) of the released data; the crop camera is derived from it per frame.
@@ -135,7 +136,7 @@ def cli(src_root, out_dir, subsets, test_fraction, holdout_seed, hand_side, max_
     """GANerated Hands (GANeratedHands_Release) -> OUT_DIR/train/ (and OUT_DIR/test/ with --test-fraction).
 
     hand21, camera-frame millimetres, crop intrinsics from crop_params, left hands mirrored."""
-    wanted = [s.strip() for s in subsets.split(",") if s.strip()]
+    wanted = comma_list(subsets)
     bad = set(wanted) - set(SUBSETS)
     if bad:
         raise click.BadParameter(f"unknown subsets {sorted(bad)}; choose from {SUBSETS}", param_hint="--subsets")

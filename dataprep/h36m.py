@@ -41,11 +41,13 @@ import click
 import h5py
 import numpy as np
 
+from shards.camera import project
 from shards.schema import SampleError
 
-from .bodies import (body_crop, crop_sample, in_front, key_part, mat73_dataset,
-                     open_mat73, pinhole)
-from .common import check_array, conversion_options, convert_split, driver_kwargs, load_rgb
+from .bodies import body_crop, crop_sample, in_front
+from .common import check_array, convert_split, key_part, load_rgb
+from .matlab import mat73_dataset, open_mat73
+from .options import comma_list, conversion_options, driver_kwargs
 from .lens import undistort_points, undistorted_mask
 from .video import video_frames
 
@@ -330,7 +332,7 @@ def make_samples_original(item, *, root: Path, split: str, stride: int, cameras:
             key = f"{seq_key}_{f:06d}"
             joints = check_array(pose[f][H36M32_TO_H36M17], (17, 3), f"frame {f} Pose", cdf_path, key)
             in_front(joints, cdf_path, key)
-            uv = pinhole(joints, cam.fx, cam.fy, cam.cx, cam.cy)
+            uv = project(joints, (cam.fx, cam.fy, cam.cx, cam.cy))
             crop = body_crop(uv, crop_size, context)
             distort = cam.distort if undistort else None
             mask = None
@@ -420,7 +422,7 @@ def make_samples_extracted(item, *, root: Path, split: str, annots: dict, camera
         cam = cameras[cam_id]
         fx, fy, cx, cy = cam.fx, cam.fy, cam.cx, cam.cy
         distort = cam.distort if undistort else None
-    uv = pinhole(joints, fx, fy, cx, cy)
+    uv = project(joints, (fx, fy, cx, cy))
     image = load_rgb(image_path, key)
     crop = body_crop(uv, crop_size, context)
     yield crop_sample(
@@ -437,10 +439,6 @@ def make_samples_extracted(item, *, root: Path, split: str, annots: dict, camera
 
 
 # -- command -----------------------------------------------------------------------------------
-def split_list(text: str | None) -> list[str]:
-    return [s.strip() for s in (text or "").split(",") if s.strip()]
-
-
 def detect_layout(src_root: Path) -> str:
     if (src_root / "processed").is_dir() or list(src_root.glob("S*/*/annot.h5")):
         return "extracted"
@@ -484,7 +482,7 @@ def cli(src_root, out_dir, layout, splits, train_subjects, test_subjects, camera
     undistorted to the pinhole part of the camera; background-subtraction masks when present."""
     if layout == "auto":
         layout = detect_layout(src_root)
-    wanted_cams = split_list(cameras)
+    wanted_cams = comma_list(cameras)
     if metadata_xml is None and (src_root / "metadata.xml").exists():
         metadata_xml = src_root / "metadata.xml"
     try:
@@ -499,12 +497,12 @@ def cli(src_root, out_dir, layout, splits, train_subjects, test_subjects, camera
         raise click.BadParameter(f"unknown cameras {unknown}; known: {sorted(cams)}", param_hint="--cameras")
     if frames_per_item < 1:
         raise click.BadParameter("must be at least 1", param_hint="--frames-per-item")
-    excluded = set(split_list(exclude))
-    subjects = {"train": split_list(train_subjects), "test": split_list(test_subjects)}
+    excluded = set(comma_list(exclude))
+    subjects = {"train": comma_list(train_subjects), "test": comma_list(test_subjects)}
     strides = {"train": train_stride or DEFAULT_STRIDES[layout]["train"],
                "test": test_stride or DEFAULT_STRIDES[layout]["test"]}
     root = extracted_root(src_root) if layout == "extracted" else src_root
-    for split in split_list(splits):
+    for split in comma_list(splits):
         if split not in subjects:
             raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
         present = [s for s in subjects[split] if (root / s).is_dir()]

@@ -21,7 +21,8 @@ from PIL import Image
 
 from shards.schema import Sample, SampleError
 
-from .common import DEFAULT_CONTEXT, conversion_options, convert_split, driver_kwargs
+from .common import DEFAULT_CONTEXT, convert_split
+from .options import conversion_options, driver_kwargs
 
 EXTENSIONS = (".jpeg", ".jpg", ".png")
 

@@ -27,11 +27,14 @@ from pathlib import Path
 import click
 import numpy as np
 
+from shards.camera import project
 from shards.schema import SampleError
 
-from .bodies import (body_crop, crop_sample, fit_intrinsics, in_front, load_mat_v5,
-                     mat73_dataset, open_mat73, pinhole)
-from .common import check_array, conversion_options, convert_split, driver_kwargs, load_rgb
+from .bodies import body_crop, crop_sample, in_front
+from .fitting import fit_intrinsics
+from .matlab import load_mat_v5, mat73_dataset, open_mat73
+from .common import check_array, convert_split, load_rgb
+from .options import comma_list, conversion_options, driver_kwargs
 from .video import video_frames
 
 # h36m17[j] = mpi28[MPI28_TO_H36M17[j]] (28: spine3, spine4, spine2, spine, pelvis, neck, head, head_top,
@@ -115,7 +118,7 @@ def make_samples_train(item, *, root: Path, stride: int, annots: dict, calib: di
         key = f"{seq_key}_{f:06d}"
         joints = check_array(joints_all[f], (17, 3), f"{annot3_key} camera {cam} row {f}", seq_dir / "annot.mat", key)
         in_front(joints, seq_dir / "annot.mat", key)
-        uv = pinhole(joints, fx, fy, cx, cy)
+        uv = project(joints, (fx, fy, cx, cy))
         crop = body_crop(uv, crop_size, context)
         mask = None
         if masks is not None:
@@ -173,7 +176,7 @@ def make_samples_testset(item, *, root: Path, sequences: dict, annot3_key: str, 
     joints = check_array(seq["joints"][row], (17, 3), f"{annot3_key} row {row}", anno, key)
     in_front(joints, anno, key)
     fx, fy, cx, cy = seq["K"]
-    uv = pinhole(joints, fx, fy, cx, cy)
+    uv = project(joints, (fx, fy, cx, cy))
     image = load_rgb(image_path, key)
     crop = body_crop(uv, crop_size, context)
     yield crop_sample(
@@ -183,10 +186,6 @@ def make_samples_testset(item, *, root: Path, sequences: dict, annot3_key: str, 
               "image_size": [image.shape[1], image.shape[0]], "annot3": annot3_key, "intrinsics_fit_residual_px":
               round(seq["residual_px"], 4), "joint_order": "h36m17", "root_index": 0, "root_kind": "pelvis", **crop.meta()},
     )
-
-
-def split_list(text: str | None) -> list[str]:
-    return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
 @click.command("mpi_inf_3dhp")
@@ -211,15 +210,15 @@ def cli(src_root, out_dir, splits, subjects, cameras, train_stride, frames_per_i
     h36m17 in camera-frame millimetres; training foreground masks from FGmasks when present;
     test frames where valid_frame, with intrinsics fitted from annot2/annot3."""
     try:
-        wanted_cams = [int(c) for c in split_list(cameras)]
+        wanted_cams = [int(c) for c in comma_list(cameras)]
     except ValueError:
         raise click.BadParameter(f"{cameras!r} is not a comma list of numbers", param_hint="--cameras") from None
     if train_stride < 1 or frames_per_item < 1:
         raise click.BadParameter("--train-stride and --frames-per-item must be at least 1")
-    for split in split_list(splits):
+    for split in comma_list(splits):
         if split == "train":
             annots, calib, items, seqs = {}, {}, [], []
-            for subject in split_list(subjects):
+            for subject in comma_list(subjects):
                 for seq_dir in sorted(p for p in (src_root / subject).glob("Seq*") if re.fullmatch(r"Seq\d+", p.name)):
                     try:
                         calib_seq = read_calibration(seq_dir / "camera.calibration")
@@ -246,7 +245,7 @@ def cli(src_root, out_dir, splits, subjects, cameras, train_stride, frames_per_i
         elif split == "test":
             root = testset_root(src_root)
             sequences, items = {}, []
-            for ts in split_list(test_sequences):
+            for ts in comma_list(test_sequences):
                 if not (root / ts / "annot_data.mat").exists():
                     click.echo(f"mpi_inf_3dhp/test: warning: {root / ts / 'annot_data.mat'} not found", err=True)
                     continue

@@ -37,20 +37,17 @@ from pathlib import Path
 import click
 import numpy as np
 
+from shards.camera import project
 from shards.schema import Sample, SampleError
 
-from .common import conversion_options, convert_split, crop_around, driver_kwargs, load_rgb
+from .common import convert_split, crop_around, key_part, load_rgb
+from .options import comma_list, conversion_options, driver_kwargs
 from .lens import undistorted_crop
 
 # Range-of-motion sequences Monocular Total Capture held out; everything else is train.
 TEST_SEQUENCES = ("171204_pose5", "171204_pose6")
 HAND_KEYS = {"left_hand": "left", "right_hand": "right"}   # OpenPose hand order = hand21
 NUM_JOINTS = 21
-
-
-def key_part(text: str) -> str:
-    """Sample keys may hold no '.' or '/' (DALI splits the extension at the first dot)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
 def read_json(path: Path, name: str, sample: str | None = None):
@@ -90,8 +87,7 @@ class Camera:
     def pinhole(self, xyz: np.ndarray) -> np.ndarray:
         """Undistorted projection, OpenCV pixel-centre convention (as cv2.projectPoints, the
         skew entry K[0, 1] is not used)."""
-        fx, fy, cx, cy = self.K[0, 0], self.K[1, 1], self.K[0, 2], self.K[1, 2]
-        return np.stack([fx * xyz[:, 0] / xyz[:, 2] + cx, fy * xyz[:, 1] / xyz[:, 2] + cy], axis=1)
+        return project(xyz, (self.K[0, 0], self.K[1, 1], self.K[0, 2], self.K[1, 2]))
 
     def distort_pixels(self, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Ideal pinhole pixels -> where the lens puts them (both OpenCV convention), and
@@ -252,10 +248,6 @@ def make_samples(item, *, root: Path, split: str, cameras: dict, crop_size: int,
         )
 
 
-def split_list(text: str | None) -> list[str]:
-    return [s.strip() for s in (text or "").split(",") if s.strip()]
-
-
 def find_sequences(root: Path, wanted: list[str]) -> list[str]:
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / f"calibration_{p.name}.json").exists())
     if not wanted:
@@ -295,9 +287,9 @@ def cli(src_root, out_dir, splits, sequences, test_sequences, cameras, min_score
 
     hand21, camera-frame millimetres, undistorted crops with exact pinhole intrinsics, left
     hands mirrored to right."""
-    test_seqs = split_list(test_sequences)
-    seqs = find_sequences(src_root, split_list(sequences))
-    wanted_cams = split_list(cameras)
+    test_seqs = comma_list(test_sequences)
+    seqs = find_sequences(src_root, comma_list(sequences))
+    wanted_cams = comma_list(cameras)
     calib, cams_used = {}, {}
     for seq in seqs:
         try:
@@ -312,7 +304,7 @@ def cli(src_root, out_dir, splits, sequences, test_sequences, cameras, min_score
         else:
             cams_used[seq] = [c for c in sorted(hd) if (src_root / seq / "hdImgs" / c).is_dir()]
         calib[seq] = {c: hd[c] for c in cams_used[seq]}
-    for split in split_list(splits):
+    for split in comma_list(splits):
         if split not in ("train", "test"):
             raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
         split_seqs = [s for s in seqs if (s in test_seqs) == (split == "test")]
@@ -436,8 +428,8 @@ def cli_2d(src_root, out_dir, splits, train_sets, test_sets, panopticdb_side, cr
 
     Samples carry joints2d_px and visibility (the annotation flag) but no joints3d_mm or
     intrinsics: there is no 3D for these images. Left hands are mirrored to right."""
-    sets = {"train": split_list(train_sets), "test": split_list(test_sets)}
-    for split in split_list(splits):
+    sets = {"train": comma_list(train_sets), "test": comma_list(test_sets)}
+    for split in comma_list(splits):
         if split not in sets:
             raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
         unknown = [s for s in sets[split] if s not in ALL_2D_SETS]

@@ -21,11 +21,13 @@ from pathlib import Path
 import click
 import numpy as np
 
+from shards.camera import project
 from shards.schema import SampleError
 
-from .bodies import (APPROXIMATED_H36M, body_crop, crop_sample, in_front, key_part,
-                     mesh_from_options, mesh_manifest, mesh_options, pinhole, smpl24_to_h36m17)
-from .common import check_array, conversion_options, convert_split, driver_kwargs, load_pickle, load_rgb
+from .bodies import APPROXIMATED_H36M, body_crop, crop_sample, in_front, smpl24_to_h36m17
+from .common import check_array, convert_split, key_part, load_pickle, load_rgb
+from .options import checked_splits, conversion_options, driver_kwargs, mesh_from_click_options, mesh_options
+from .smpl import mesh_manifest
 
 SPLITS = {"train": "train", "val": "validation", "test": "test"}
 GENDERS = {"m": "male", "f": "female"}
@@ -113,7 +115,7 @@ def make_samples(item, *, root: Path, split: str, sequences: dict, require_poses
             joints = 1000.0 * (j17_world @ rot.T + trans)
             extra = {"smpl_gender": gender, "smpl_fit_mm": round(fit_mm, 3)}
         in_front(joints, anno, key)
-        uv = pinhole(joints, fx, fy, cx, cy)
+        uv = project(joints, (fx, fy, cx, cy))
         if image is None:
             image = load_rgb(image_path, key)
         crop = body_crop(uv, crop_size, context)
@@ -142,10 +144,8 @@ def cli(src_root, out_dir, splits, require_poses2d, smpl_models, h36m_regressor,
 
     One sample per actor per frame with a valid camera pose; h36m17 in camera-frame millimetres
     from the SMPL joints (documented subset) or an H36M regressor on the SMPL mesh."""
-    mesh = mesh_from_options(smpl_models, h36m_regressor, regressor_order, smpl_gender, max_fit_mm)
-    for split in [s.strip() for s in splits.split(",") if s.strip()]:
-        if split not in SPLITS:
-            raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
+    mesh = mesh_from_click_options(smpl_models, h36m_regressor, regressor_order, smpl_gender, max_fit_mm)
+    for split in checked_splits(splits, SPLITS):
         folder = SPLITS[split]
         files = sorted((src_root / "sequenceFiles" / folder).glob("*.pkl"))
         if not files:

@@ -21,8 +21,8 @@ import numpy as np
 
 from shards.schema import Sample, SampleError
 
-from .common import (check_array, conversion_options, convert_split, crop_around, driver_kwargs, load_image,
-                     load_pickle, load_rgb)
+from .common import DEFAULT_CONTEXT, DEFAULT_CROP_SIZE, check_array, convert_split, crop_around, load_image, load_pickle, load_rgb
+from .options import checked_splits, conversion_options, driver_kwargs
 
 SPLITS = {"train": "training", "test": "evaluation"}
 # hand21[j] = rhd_hand[PERM[j]]: RHD stores every finger tip->MCP, hand21 MCP->tip.
@@ -156,6 +156,22 @@ def load_annotations(path: Path) -> dict:
     return anno
 
 
+def convert(src_root: Path, out_dir: Path, split: str, *, hand_choice: str = "mask-pixels",
+            crop_size: int = DEFAULT_CROP_SIZE, context: float = DEFAULT_CONTEXT, **driver) -> dict:
+    """One split ("train" or "test") of RHD at `src_root` (RHD_published_v2 or the folder holding
+    it) -> shards in `out_dir`; returns the manifest. `driver`: convert_split's options."""
+    root = find_root(src_root)
+    folder = SPLITS[split]
+    anno = load_annotations(root / folder / f"anno_{folder}.pickle")
+    make = functools.partial(make_samples, root=root, folder=folder, split=split, anno=anno,
+                             hand_choice=hand_choice, crop_size=crop_size, context=context)
+    return convert_split(sorted(int(i) for i in anno), make, out_dir, desc=f"rhd/{split}",
+                         manifest_extra={"dataset": "rhd", "split": split, "joint_order": "hand21",
+                                         "hand_choice": hand_choice, "left_hands": "mirrored to right",
+                                         "mask": "kept hand's classes (left 2-17, right 18-33) -> 255",
+                                         "crop_size": crop_size, "context": context}, **driver)
+
+
 @click.command("rhd")
 @click.argument("src_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -170,21 +186,7 @@ def cli(src_root, out_dir, splits, hand_choice, crop_size, context, **kw):
 
     Joints in hand21, millimetres, camera frame, visibility from uv_vis; left hands mirrored to
     right; mask = the kept hand's classes, 0/255. Depth maps are ignored."""
-    root = find_root(src_root)
-    for split in [s.strip() for s in splits.split(",") if s.strip()]:
-        if split not in SPLITS:
-            raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
-        folder = SPLITS[split]
-        try:
-            anno = load_annotations(root / folder / f"anno_{folder}.pickle")
-        except SampleError as e:
-            raise click.ClickException(str(e))
-        make = functools.partial(make_samples, root=root, folder=folder, split=split, anno=anno,
-                                 hand_choice=hand_choice, crop_size=crop_size, context=context)
-        m = convert_split(sorted(int(i) for i in anno), make, out_dir / split, desc=f"rhd/{split}",
-                          manifest_extra={"dataset": "rhd", "split": split, "joint_order": "hand21",
-                                          "hand_choice": hand_choice, "left_hands": "mirrored to right",
-                                          "mask": "kept hand's classes (left 2-17, right 18-33) -> 255",
-                                          "crop_size": crop_size, "context": context},
-                          **driver_kwargs(**kw))
+    for split in checked_splits(splits, SPLITS):
+        m = convert(src_root, out_dir / split, split, hand_choice=hand_choice, crop_size=crop_size, context=context,
+                    **driver_kwargs(**kw))
         click.echo(f"rhd/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

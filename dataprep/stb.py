@@ -20,9 +20,11 @@ import numpy as np
 import scipy.io
 from scipy.spatial.transform import Rotation
 
+from shards.camera import project
 from shards.schema import Sample, SampleError
 
-from .common import conversion_options, convert_split, crop_around, driver_kwargs, load_rgb
+from .common import convert_split, crop_around, load_rgb
+from .options import checked_splits, comma_list, conversion_options, driver_kwargs
 
 # hand21[j] = stb[PERM[j]]; STB: palm, little MCP..tip, ring, middle, index, thumb.
 PERM = np.array([0, 17, 18, 19, 20, 13, 14, 15, 16, 9, 10, 11, 12, 5, 6, 7, 8, 1, 2, 3, 4])
@@ -99,7 +101,7 @@ def make_samples(item, *, root: Path, split: str, image_dirs: dict, label_files:
         ref = WRIST_REFS[wrist_ref]
         xyz[0] = xyz[ref] + wrist_factor * (xyz[0] - xyz[ref])
         wrist = {"from": wrist_ref, "factor": wrist_factor}
-    uv = np.stack([fx * xyz[:, 0] / xyz[:, 2] + cx, fy * xyz[:, 1] / xyz[:, 2] + cy], axis=1)
+    uv = project(xyz, (fx, fy, cx, cy))
     image_path = image_dirs[seq] / f"{prefix}_{frame}.png"
     image = load_rgb(image_path, key)
     crop = crop_around(uv, crop_size, context, mirror=True)
@@ -121,9 +123,7 @@ def make_samples(item, *, root: Path, split: str, image_dirs: dict, label_files:
 def expand_sequences(spec: str, option: str) -> list[str]:
     """'B2,B3' -> B2Counting, B2Random, B3Counting, B3Random; full names pass through."""
     seqs = []
-    for s in (x.strip() for x in spec.split(",")):
-        if not s:
-            continue
+    for s in comma_list(spec):
         if s.endswith(KINDS):
             seqs.append(s)
         elif len(s) == 2 and s[0] == "B" and s[1] in "123456":
@@ -175,15 +175,13 @@ def cli(src_root, out_dir, splits, train_seqs, test_seqs, frames, views, root_ki
 
     Joints in hand21 order (index 0 = palm centre unless --root wrist), millimetres, in the
     camera of each image; left hands mirrored to right; no masks."""
-    view_list = [v.strip() for v in views.split(",") if v.strip()]
+    view_list = comma_list(views)
     bad = set(view_list) - set(VIEWS)
     if bad or not view_list:
         raise click.BadParameter(f"unknown views {sorted(bad)}; choose from {sorted(VIEWS)}", param_hint="--views")
     start, stop, step = parse_frames(frames)
     seqs_of = {"train": expand_sequences(train_seqs, "--train-seqs"), "test": expand_sequences(test_seqs, "--test-seqs")}
-    for split in [s.strip() for s in splits.split(",") if s.strip()]:
-        if split not in seqs_of:
-            raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
+    for split in checked_splits(splits, seqs_of):
         image_dirs, label_files, joints, items = {}, {}, {}, []
         for seq in seqs_of[split]:
             image_dirs[seq] = image_dir(src_root, seq)

@@ -22,11 +22,14 @@ from pathlib import Path
 import click
 import numpy as np
 
+from shards.camera import project
 from shards.schema import SampleError
 
-from .bodies import (APPROXIMATED_H36M, H36M17_FLIP, SMPL_FLIP, body_crop, crop_sample, in_front, key_part, load_mat_v5, mesh_from_options,
-                     mesh_manifest, mesh_options, pinhole, smpl24_to_h36m17)
-from .common import check_array, conversion_options, convert_split, driver_kwargs
+from .bodies import APPROXIMATED_H36M, H36M17_FLIP, SMPL_FLIP, body_crop, crop_sample, in_front, smpl24_to_h36m17
+from .common import check_array, convert_split, key_part
+from .matlab import load_mat_v5
+from .options import checked_splits, comma_list, conversion_options, driver_kwargs, mesh_from_click_options, mesh_options
+from .smpl import mesh_manifest
 from .video import video_frames
 
 SPLITS = ("train", "val", "test")
@@ -107,7 +110,7 @@ def make_samples(item, *, cmu: Path, stride: int, use_masks: bool, mesh, gender_
         cam_mm = 1000.0 * (world @ rot.T + trans)
         in_front(cam_mm, info_path, key)
         # K (R X + t) with SMPL's own labels against the released joints2D: checks the camera
-        info_error = float(np.abs(pinhole(cam_mm, FX, FY, CX, CY) - j2[:, :, f].T).max())
+        info_error = float(np.abs(project(cam_mm, (FX, FY, CX, CY)) - j2[:, :, f].T).max())
         extra = {}
         if mesh is None:
             joints = smpl24_to_h36m17(cam_mm[SMPL_FLIP])
@@ -119,7 +122,7 @@ def make_samples(item, *, cmu: Path, stride: int, use_masks: bool, mesh, gender_
             j17_world, fit_mm = mesh.h36m17(body_gender, pose[:, f], shape[:, f], world, info_path, key)
             joints = (1000.0 * (j17_world @ rot.T + trans))[H36M17_FLIP]
             extra = {"smpl_gender": body_gender, "smpl_fit_mm": round(fit_mm, 3)}
-        uv = pinhole(joints, FX, FY, CX, CY)
+        uv = project(joints, (FX, FY, CX, CY))
         crop = body_crop(uv, crop_size, context)
         mask = None
         if segm is not None:
@@ -161,15 +164,13 @@ def cli(src_root, out_dir, splits, runs, stride, masks, smpl_models, h36m_regres
     the part segmentation; SMPL-24 subset mapping by default, or an H36M regressor on the mesh."""
     if stride < 1:
         raise click.BadParameter("must be at least 1", param_hint="--stride")
-    run_list = [r.strip() for r in runs.split(",") if r.strip()]
+    run_list = comma_list(runs)
     bad = [r for r in run_list if not re.fullmatch(r"run\d+", r)]
     if bad:
         raise click.BadParameter(f"unknown runs {bad}", param_hint="--runs")
-    mesh = mesh_from_options(smpl_models, h36m_regressor, regressor_order, smpl_gender, max_fit_mm)
+    mesh = mesh_from_click_options(smpl_models, h36m_regressor, regressor_order, smpl_gender, max_fit_mm)
     cmu = find_cmu_root(src_root)
-    for split in [s.strip() for s in splits.split(",") if s.strip()]:
-        if split not in SPLITS:
-            raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
+    for split in checked_splits(splits, SPLITS):
         items = list_clips(cmu, split, run_list)
         if not items:
             click.echo(f"surreal/{split}: no clips under {cmu / split}, nothing written", err=True)

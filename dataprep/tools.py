@@ -9,20 +9,11 @@ import click
 import numpy as np
 from PIL import Image, ImageDraw
 
-from shards.reader import iter_samples, list_shards, read_manifest
-from shards.schema import EXT_JOINTS3D, JOINT_ORDERS, SampleError, validate
-from shards.writer import sha256_file
+from shards.joints import BONES, JOINT_ORDERS
+from shards.reader import check_manifest, iter_samples, read_manifest
+from shards.schema import EXT_JOINTS3D, MANIFEST, SampleError, validate
 
 from .common import skipped_count
-
-# hand21 / h36m17 bones for drawing: (parent, child)
-BONES = {
-    "hand21": [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11),
-               (11, 12), (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)],
-    "h36m17": [(0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6), (0, 7), (7, 8), (8, 9), (9, 10), (8, 11),
-               (11, 12), (12, 13), (8, 14), (14, 15), (15, 16)],
-}
-
 
 # Lengths `dataprep inspect` reports: every drawn bone plus the spans that show skeleton
 # definitions differing between datasets (hip width, pelvis to thorax, shoulder width).
@@ -74,29 +65,20 @@ def bone_table(stats: dict) -> str:
 
 def shard_dirs(path: Path) -> list[Path]:
     """A shard directory, or a conversion output holding one directory per split."""
-    if (path / "manifest.json").exists() or list(path.glob("*.tar")):
+    if (path / MANIFEST).exists() or list(path.glob("*.tar")):
         return [path]
-    subs = sorted(p for p in path.iterdir() if p.is_dir() and ((p / "manifest.json").exists() or list(p.glob("*.tar"))))
+    subs = sorted(p for p in path.iterdir() if p.is_dir() and ((p / MANIFEST).exists() or list(p.glob("*.tar"))))
     if not subs:
-        raise click.ClickException(f"no shards under {path}")
+        raise FileNotFoundError(f"no shards under {path}")
     return subs
 
 
 def verify_dir(d: Path) -> int:
     """Raise SampleError naming the first bad shard/key; return the number of samples."""
-    try:
-        manifest = read_manifest(d)
-    except FileNotFoundError as e:
-        raise SampleError(str(e), file=str(d)) from None
-    listed = {s["file"]: s for s in manifest["shards"]}
-    on_disk = {p.name for p in list_shards(d)} if manifest["shards"] else set()
-    if on_disk != set(listed):
-        raise SampleError(f"shards on disk {sorted(on_disk ^ set(listed))} differ from the manifest", file=str(d))
+    manifest, _ = check_manifest(d)
     total = 0
-    for name, rec in listed.items():
-        path = d / name
-        if sha256_file(path) != rec["sha256"]:
-            raise SampleError("sha256 differs from manifest.json", file=str(path))
+    for rec in manifest["shards"]:
+        path = d / rec["file"]
         idx = d / rec["index"]
         if not idx.exists():
             raise SampleError("DALI index missing", file=str(idx))

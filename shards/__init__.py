@@ -1,8 +1,11 @@
 """The shard format (schema, writer, reader) and the DALI input pipelines."""
-from .reader import iter_samples, list_shards, read_manifest, index_path
-from .schema import JOINT_ORDERS, SCHEMA_VERSION, Sample, SampleError, validate, encode_sample, decode_members, project
-from .writer import ShardWriter, write_dali_index, sha256_file
+from .camera import project
+from .files import sha256_file
+from .joints import BONES, JOINT_ORDERS, pose_kind
+from .reader import check_manifest, index_path, iter_samples, list_shards, read_manifest, tar_samples
+from .schema import SCHEMA_VERSION, Sample, SampleError, decode_members, encode_sample, validate
+from .writer import ShardWriter, write_dali_index
 
-__all__ = ["iter_samples", "list_shards", "read_manifest", "index_path", "JOINT_ORDERS", "SCHEMA_VERSION",
-           "Sample", "SampleError", "validate", "encode_sample", "decode_members", "project",
-           "ShardWriter", "write_dali_index", "sha256_file"]
+__all__ = ["project", "sha256_file", "BONES", "JOINT_ORDERS", "pose_kind", "check_manifest", "index_path",
+           "iter_samples", "list_shards", "read_manifest", "tar_samples", "SCHEMA_VERSION", "Sample", "SampleError",
+           "decode_members", "encode_sample", "validate", "ShardWriter", "write_dali_index"]

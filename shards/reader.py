@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import glob
 import json
+import tarfile
 from pathlib import Path
 from typing import Iterator
 
 import braceexpand
 import webdataset as wds
 
-from .schema import Sample, SampleError, decode_members
-from .writer import MANIFEST
+from .files import sha256_file
+from .schema import MANIFEST, Sample, SampleError, decode_members
 
 
 def list_shards(path) -> list[Path]:
@@ -67,3 +68,44 @@ def iter_samples(path, decode: bool = True) -> Iterator[Sample | dict]:
             yield decode_members(key, members)
         except SampleError as e:
             raise SampleError(str(e), file=raw.get("__url__")) from None
+
+
+def tar_samples(path):
+    """(key, {ext: TarInfo}, open tarfile) per sample of one shard, in storage order: a sample's
+    members are adjacent and share the key before the first dot (how DALI's index groups them).
+    A tar that cannot be read raises SampleError naming it."""
+    try:
+        with tarfile.open(path) as tf:
+            key, members = None, {}
+            for m in tf:
+                if not m.isfile():
+                    continue
+                base, ext = m.name.split(".", 1) if "." in m.name else (m.name, "")
+                if base != key and key is not None:
+                    yield key, members, tf
+                    members = {}
+                key = base
+                members[ext] = m
+            if key is not None:
+                yield key, members, tf
+    except tarfile.TarError as e:
+        raise SampleError(f"unreadable shard (corrupt or truncated tar): {e}", file=str(path)) from None
+
+
+def check_manifest(path) -> tuple[dict, list[Path]]:
+    """The manifest of the shard directory `path` and its shard files, once the files on disk are
+    exactly those the manifest lists and each has the recorded sha256; SampleError otherwise."""
+    path = Path(path)
+    try:
+        manifest = read_manifest(path)
+        files = list_shards(path) if manifest.get("shards") else []
+    except FileNotFoundError as e:
+        raise SampleError(str(e), file=str(path)) from None
+    listed = {s["file"]: s for s in manifest.get("shards", [])}
+    on_disk = {f.name for f in files}
+    if on_disk != set(listed):
+        raise SampleError(f"shards on disk {sorted(on_disk ^ set(listed))} differ from the manifest", file=str(path))
+    for f in files:
+        if sha256_file(f) != listed[f.name]["sha256"]:
+            raise SampleError("sha256 differs from manifest.json: the shard is corrupt or was changed", file=str(f))
+    return manifest, files

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from .camera import project
+from .files import json_default
+from .joints import JOINT_ORDERS
+
 SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"      # beside the shards: counts, sha256s, the command, dataset facts
 
 # ext -> (numpy dtype, per-joint width or fixed length, unit). Widths: K x width.
 EXT_IMAGE = "jpg"
@@ -27,24 +32,6 @@ EXT_INTRINSICS = "intrinsics.f32"  # 4 float32: fx, fy, cx, cy of the crop, pixe
 EXT_META = "json"
 # Order of members inside a tar; a sample's members must be adjacent (DALI requirement).
 MEMBER_ORDER = (EXT_IMAGE, EXT_MASK, EXT_JOINTS3D, EXT_JOINTS2D, EXT_VISIBLE, EXT_INTRINSICS, EXT_META)
-
-JOINT_ORDERS = {
-    "hand21": (
-        "wrist",
-        "thumb_mcp", "thumb_pip", "thumb_dip", "thumb_tip",
-        "index_mcp", "index_pip", "index_dip", "index_tip",
-        "middle_mcp", "middle_pip", "middle_dip", "middle_tip",
-        "ring_mcp", "ring_pip", "ring_dip", "ring_tip",
-        "little_mcp", "little_pip", "little_dip", "little_tip",
-    ),
-    "h36m17": (
-        "pelvis", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "spine",
-        "thorax", "neck_nose", "head", "l_shoulder", "l_elbow", "l_wrist", "r_shoulder",
-        "r_elbow", "r_wrist",
-    ),
-    # Background-only sets (ImageNet) carry no joints.
-    "none": (),
-}
 
 # Keys every sample's json carries (others are dataset specific and allowed).
 REQUIRED_META = ("dataset", "split", "source", "joint_order", "root_index")
@@ -104,16 +91,8 @@ def encode_sample(sample: Sample, jpeg_quality: int = 95, image_bytes: bytes | N
         members[EXT_VISIBLE] = np.asarray(sample.visible, dtype=np.uint8).tobytes()
     if sample.intrinsics is not None:
         members[EXT_INTRINSICS] = _f32(sample.intrinsics)
-    members[EXT_META] = json.dumps(sample.meta, sort_keys=True, default=_json_default).encode()
+    members[EXT_META] = json.dumps(sample.meta, sort_keys=True, default=json_default).encode()
     return members
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def decode_members(key: str, members: dict) -> Sample:
@@ -146,13 +125,6 @@ def decode_members(key: str, members: dict) -> Sample:
         visible=None if visible is None else visible.astype(bool),
         intrinsics=arr(EXT_INTRINSICS, "<f4", (4,)),
     )
-
-
-def project(joints3d_mm: np.ndarray, intrinsics) -> np.ndarray:
-    """Pinhole projection of camera-frame points with (fx, fy, cx, cy) -> K x 2 pixels."""
-    fx, fy, cx, cy = (float(v) for v in intrinsics)
-    z = joints3d_mm[:, 2]
-    return np.stack([fx * joints3d_mm[:, 0] / z + cx, fy * joints3d_mm[:, 1] / z + cy], axis=1)
 
 
 def validate(sample: Sample, reprojection_tol_px: float = 1.0) -> None:

@@ -9,7 +9,6 @@ encoding, boundaries from count and byte limits).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -18,24 +17,11 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .schema import MEMBER_ORDER, SCHEMA_VERSION
+from .files import atomic_write_text, sha256_file
+from .reader import tar_samples
+from .schema import MANIFEST, MEMBER_ORDER, SCHEMA_VERSION, encode_sample
 
 PROGRESS = "progress.json"
-MANIFEST = "manifest.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def index_line(entries: list[tuple[str, int, int, str]]) -> str:
@@ -46,24 +32,15 @@ def index_line(entries: list[tuple[str, int, int, str]]) -> str:
 def index_lines(tar_path) -> list[str]:
     """The lines of a tar's DALI index (format v1.2 of DALI's wds2idx): a header, then one line
     per sample, members grouped by key in tar order."""
-    samples: list[list[tuple]] = []
-    last = None
-    with tarfile.open(tar_path) as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            base, ext = m.name.split(".", 1)
-            if base != last:
-                samples.append([])
-                last = base
-            samples[-1].append((ext, m.offset_data, m.size, m.name))
+    samples = [[(ext, m.offset_data, m.size, m.name) for ext, m in members.items()]
+               for _, members, _ in tar_samples(tar_path)]
     return [f"v1.2 {len(samples)}"] + [index_line(s) for s in samples]
 
 
 def write_dali_index(tar_path: Path, index_path: Path) -> int:
     """Index an existing tar. Returns the sample count."""
     lines = index_lines(tar_path)
-    _atomic_write_text(index_path, "".join(line + "\n" for line in lines))
+    atomic_write_text(index_path, "".join(line + "\n" for line in lines))
     return len(lines) - 1
 
 
@@ -175,7 +152,7 @@ class ShardWriter:
         os.replace(self._tmp, final)
         self._pending_skips = []
         self.records.append(rec)
-        _atomic_write_text(self.out_dir / PROGRESS, json.dumps(
+        atomic_write_text(self.out_dir / PROGRESS, json.dumps(
             {"shards": [r.__dict__ for r in self.records]}, indent=1))
 
     def close(self, items_total: int | None = None) -> dict:
@@ -193,7 +170,7 @@ class ShardWriter:
             "command": self.command,
             **self.manifest_extra,
         }
-        _atomic_write_text(self.out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        atomic_write_text(self.out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
         return manifest
 
     def abort(self) -> None:
@@ -211,3 +188,13 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def write_samples(out_dir, samples, *, per_shard: int = 2000, name: str = "shard", command: list[str] | None = None) -> Path:
+    """Every Sample of `samples` into shards in `out_dir`, one input item each, in order; for
+    data made in Python (tests, benchmarks) rather than converted from a dataset."""
+    out_dir = Path(out_dir)
+    with ShardWriter(out_dir, name=name, max_count=per_shard, command=command) as writer:
+        for i, sample in enumerate(samples):
+            writer.write(sample.key, encode_sample(sample), i + 1)
+    return out_dir

@@ -19,13 +19,12 @@ Public API
 from __future__ import annotations
 
 import json
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from shards.reader import list_shards, read_manifest
+from shards.reader import list_shards, read_manifest, tar_samples
 from shards.schema import EXT_JOINTS3D, EXT_META, JOINT_ORDERS, SampleError
 
 
@@ -52,18 +51,11 @@ def mean_pose(shards) -> MeanPose:
     joint_order = read_manifest(path).get("joint_order")
     found: list[tuple[str, str, np.ndarray]] = []         # (shard, key, flat joints)
     for shard in list_shards(path):
-        try:
-            with tarfile.open(shard) as tf:
-                for member in tf:
-                    if not member.isfile():
-                        continue
-                    if member.name.endswith("." + EXT_JOINTS3D):
-                        key = member.name[:-len(EXT_JOINTS3D) - 1]
-                        found.append((str(shard), key, np.frombuffer(tf.extractfile(member).read(), np.float32)))
-                    elif joint_order is None and member.name.endswith("." + EXT_META):
-                        joint_order = json.loads(tf.extractfile(member).read()).get("joint_order")
-        except tarfile.TarError as e:
-            raise SampleError(f"unreadable shard (corrupt or truncated tar): {e}", file=str(shard)) from None
+        for key, members, tf in tar_samples(shard):
+            if EXT_JOINTS3D in members:
+                found.append((str(shard), key, np.frombuffer(tf.extractfile(members[EXT_JOINTS3D]).read(), np.float32)))
+            if joint_order is None and EXT_META in members:
+                joint_order = json.loads(tf.extractfile(members[EXT_META]).read()).get("joint_order")
     if not found:
         raise SampleError(f"no sample with {EXT_JOINTS3D}: no 3D mean pose to compare with", file=str(path))
     if joint_order not in JOINT_ORDERS:

@@ -90,14 +90,15 @@ import numpy as np
 import torch
 
 from shards.device import configure_deepspeed_accelerator, cuda_available, ensure_distributed_env, free_port
+from shards.files import atomic_write_json, atomic_write_text
 from shards.progress import progress
 from shards.schema import SampleError
+from trainer.checkpoints import (CHECKPOINTS, LATEST, META_FILE, TAG_PREFIX, CheckpointError, check_loads_safely,
+                                 latest_tag, tag_for)
+from trainer.checkpoints import checkpoint_tag_dir, read_checkpoint_meta  # noqa: F401  (engine.* callers)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG_DIR = REPO_ROOT / "ds_configs"
-CHECKPOINTS = "checkpoints"
-META_FILE = "posemae.json"          # per checkpoint: stage, model signature, step, world size
-TAG_PREFIX = "step"
 # Options that may change between a run and its --resume: they steer bookkeeping, not the maths.
 # run_dir too: a run moved to a disk with room (after a full one) continues where it is now.
 RESUMABLE_OPTIONS = {"resume", "max_steps", "log_every", "figure_every", "checkpoint_every", "keep_checkpoints",
@@ -214,7 +215,6 @@ def clear_errors(command):
     """Bad input (config, shards, checkpoints) ends the command with one clear line, no traceback."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from trainer.pose import CheckpointError
         try:
             return command(*args, **kwargs)
         except (ConfigError, CheckpointError, SampleError, FileNotFoundError, FileExistsError, NonFiniteLossError,
@@ -408,57 +408,6 @@ def seed_micro_step(seed: int, rank: int, micro_step: int) -> None:
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-def _atomic_json(path: Path, data) -> None:
-    _atomic_text(path, json.dumps(data, indent=1, sort_keys=True, default=str))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def tag_for(step: int) -> str:
-    return f"{TAG_PREFIX}{step:08d}"
-
-
-def latest_tag(checkpoint_dir: Path) -> str | None:
-    latest = Path(checkpoint_dir) / "latest"
-    return latest.read_text().strip() if latest.is_file() else None
-
-
-def checkpoint_tag_dir(path) -> Path:
-    """A run directory, its checkpoints/ directory (-> `latest`) or one tag directory -> the tag dir."""
-    path = Path(path)
-    for candidate in (path / CHECKPOINTS, path):
-        tag = latest_tag(candidate)
-        if tag is not None:
-            return candidate / tag
-    if (path / META_FILE).is_file() or (path / "mp_rank_00_model_states.pt").is_file():
-        return path
-    raise FileNotFoundError(f"no checkpoint at {path} (expected a run directory, its {CHECKPOINTS}/ "
-                            "directory with a 'latest' file, or a checkpoint tag directory)")
-
-
-def read_checkpoint_meta(path) -> dict:
-    tag_dir = checkpoint_tag_dir(path)
-    meta = tag_dir / META_FILE
-    if not meta.is_file():
-        raise FileNotFoundError(f"{meta} missing: {tag_dir} is not a checkpoint written by these trainers")
-    return json.loads(meta.read_text())
-
-
-def check_loads_safely(tag_dir: Path, rank: int) -> None:
-    """DeepSpeed unpickles its checkpoint files with weights_only=False: first make sure the files
-    this rank will read hold nothing but tensors and plain data (weights_only=True loads them)."""
-    from trainer.pose import CheckpointError
-    for path in [tag_dir / "mp_rank_00_model_states.pt", *tag_dir.glob(f"*zero_pp_rank_{rank}_mp_rank_*_optim_states.pt")]:
-        try:
-            torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # missing, truncated, or carrying arbitrary objects: say which file
-            raise CheckpointError(f"checkpoint file {path} cannot be loaded safely: {e}") from None
-
-
 def prune_checkpoints(checkpoint_dir: Path, keep: int, current_step: int) -> None:
     """Keep the last `keep` checkpoints up to `current_step`; later ones are leftovers of a
     killed run that this run has now superseded."""
@@ -550,11 +499,11 @@ def start_run(stage: str, settings: TrainSettings, options: dict, model_signatur
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("metrics.jsonl",):  # a fresh run in a directory without checkpoints
             (settings.run_dir / stale).unlink(missing_ok=True)
-        _atomic_json(settings.run_dir / "config.json", {
+        atomic_write_json(settings.run_dir / "config.json", {
             "stage": stage, "options": all_options, "model": model_signature, "ds_config": ds_config,
             "world_size": dist.world_size, "code_version": code_version(REPO_ROOT),
             "command": sys.argv, "torch": torch.__version__, "deepspeed": _deepspeed_version(),
-            "device": "cuda" if cuda_available() else "cpu"})
+            "device": "cuda" if cuda_available() else "cpu"}, default=str)
     torch.distributed.barrier()
     return run
 
@@ -792,12 +741,13 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
         error = None
         try:
             tag_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_json(tag_dir / f"rank{dist.rank:05d}.json",
-                         {"step": at_step, "loaders": {n: loader.state_dict() for n, loader in loaders.items()}})
+            atomic_write_json(tag_dir / f"rank{dist.rank:05d}.json",
+                              {"step": at_step, "loaders": {n: loader.state_dict() for n, loader in loaders.items()}},
+                              default=str)
             if dist.is_main:
-                _atomic_json(tag_dir / META_FILE, {
+                atomic_write_json(tag_dir / META_FILE, {
                     "stage": run.stage, "model": run.model_signature, "step": at_step, "world_size": dist.world_size,
-                    "epoch": at_step / steps_per_epoch, "options": run.options})
+                    "epoch": at_step / steps_per_epoch, "options": run.options}, default=str)
         except OSError as e:
             error = e
         if not _any_rank(error is not None, engine.device, dist.world_size):
@@ -819,7 +769,7 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
         # `latest` moves only once every rank's files are complete (DeepSpeed's own write does not
         # wait for the other ranks), atomically: a kill at any moment leaves a loadable `latest`.
         if dist.is_main:
-            _atomic_text(run.checkpoint_dir / "latest", tag)
+            atomic_write_text(run.checkpoint_dir / LATEST, tag)
             _fsync_dir(run.checkpoint_dir, files=False)
             prune_checkpoints(run.checkpoint_dir, settings.keep_checkpoints, at_step)
         torch.distributed.barrier()
@@ -900,8 +850,8 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
     run.log(summary)
     # Every rank's own account: its memory, and a digest of its parameters (data-parallel ranks
     # must end identical; BatchNorm running statistics are per rank, rank 0's are checkpointed).
-    _atomic_json(ranks_dir / f"rank{dist.rank:05d}.json",
-                 {**summary, "rank": dist.rank, "parameters_sha256": weights_digest(engine.module)})
+    atomic_write_json(ranks_dir / f"rank{dist.rank:05d}.json",
+                      {**summary, "rank": dist.rank, "parameters_sha256": weights_digest(engine.module)}, default=str)
     return summary
 
 
@@ -985,7 +935,7 @@ def model_inputs(engine, images: torch.Tensor) -> torch.Tensor:
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Normalised (B, 3, H, W) images, as the pipelines make them, -> (B, H, W, 3) uint8 RGB."""
-    from shards.pipelines.common import IMAGENET_MEAN, IMAGENET_STD
+    from shards.pipelines.augment import IMAGENET_MEAN, IMAGENET_STD
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     x = images.detach().float().cpu() * std + mean

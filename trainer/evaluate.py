@@ -39,7 +39,7 @@ Public API
              batch_size=32, sheet_count=4, paper=False) -> dict      (results.json's content on rank 0)
     load_checkpoint(path, device="cpu") -> (PoseModel, ModelSpec)
     scan_shards(path, joint_order) -> ShardInfo
-    predict(model, loader, decode, device) -> dict of per-sample numpy arrays (this rank)
+    predict(model, loader, decode="argmax") -> dict of per-sample numpy arrays (this rank)
     model_outputs(model, batch) -> (heatmaps (B,K,D,H,W), last block's class-token attention (B,N))
     gather_predictions(local, info, dist) -> dict in storage order, every sample once
     reconstruct_joints(pred, info, spec) -> dict with joints3d_pred_mm, joints3d_gt_mm, uv_pred_crop_px
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,20 +58,21 @@ import torch
 from PIL import Image
 
 from shards.device import cuda_available
-from shards.reader import list_shards, read_manifest
+from shards.joints import POSE_KINDS, pose_kind
+from shards.reader import check_manifest, tar_samples
 from shards.schema import (EXT_IMAGE, EXT_INTRINSICS, EXT_JOINTS2D, EXT_JOINTS3D, EXT_META, EXT_VISIBLE,
                            JOINT_ORDERS, SampleError)
-from shards.writer import sha256_file
-from trainer import engine, report
+from trainer import checkpoints, engine, report
 from trainer.baselines import MeanPose, constant_prediction, mean_pose, meta_mean_pose
 from trainer.heatmaps import DEPTH_RANGE_MM, decode_heatmaps
 from trainer.metrics import PROTOCOLS, Protocol, evaluate as evaluate_protocol
-from trainer.pose import CheckpointError, PoseModel
+from trainer.checkpoints import CheckpointError
+from trainer.engine import ConfigError
+from trainer.pose import PoseModel, load_pose_model
 from trainer.reconstruct import HeatmapVolume, apply_affine, invert_affine, reconstruct, unmirror
 
 DECODERS = ("argmax", "soft_argmax")
 DEFAULT_PROTOCOL = {"hand21": "hand", "h36m17": "h36m17"}
-KIND_OF_ORDER = {"hand21": "hand", "h36m17": "body"}   # trainer.heatmaps.DEPTH_RANGE_MM keys
 
 
 class EvaluationError(SampleError):
@@ -122,8 +122,8 @@ def model_spec(path) -> ModelSpec:
     """Read the architecture of a fine-tuning checkpoint from its posemae.json sidecar (the model
     signature the finetune stage records) and, for anything the signature leaves out, its run's
     config.json options."""
-    tag_dir = engine.checkpoint_tag_dir(path)
-    meta = engine.read_checkpoint_meta(tag_dir)
+    tag_dir = checkpoints.checkpoint_tag_dir(path)
+    meta = checkpoints.read_checkpoint_meta(tag_dir)
     run_dir = _run_dir_of(tag_dir)
     options = dict(meta.get("options") or {})
     if run_dir is not None:
@@ -142,9 +142,9 @@ def model_spec(path) -> ModelSpec:
                               f"{name!r}; cannot rebuild the model")
 
     joint_order = need("joint_order")
-    if joint_order not in KIND_OF_ORDER:
+    if joint_order not in POSE_KINDS:
         raise CheckpointError(f"{tag_dir}: joint order {joint_order!r} is not one this evaluation knows "
-                              f"({sorted(KIND_OF_ORDER)})")
+                              f"({sorted(POSE_KINDS)})")
     depth_range = signature.get("depth_range_mm", options.get("depth_range_mm"))
     mean = meta_mean_pose(options)
     if mean is None and options.get("source") and Path(options["source"]).is_dir():
@@ -154,14 +154,13 @@ def model_spec(path) -> ModelSpec:
         joint_order=joint_order, encoder=dict(need("encoder")), num_joints=int(need("num_joints")),
         depth_bins=int(need("depth_bins")), head_channels=int(signature.get("head_channels", 256)),
         deconv_layers=int(signature.get("deconv_layers", 2)),
-        depth_range_mm=float(depth_range if depth_range is not None else DEPTH_RANGE_MM[KIND_OF_ORDER[joint_order]]),
+        depth_range_mm=float(depth_range if depth_range is not None else DEPTH_RANGE_MM[pose_kind(joint_order)]),
         mean_pose=None if mean is None else mean.to_dict())
 
 
 def load_checkpoint(path, device="cpu") -> tuple[PoseModel, ModelSpec]:
-    """The pose model of a fine-tuning checkpoint (trainer.finetune.load_pose_model: strict load,
+    """The pose model of a fine-tuning checkpoint (trainer.pose.load_pose_model: strict load,
     torch.load weights_only=True) on `device`, in eval mode, with its ModelSpec."""
-    from trainer.finetune import load_pose_model
     spec = model_spec(path)
     if spec.num_joints != len(JOINT_ORDERS[spec.joint_order]):
         raise CheckpointError(f"{spec.checkpoint}: {spec.num_joints} joints but joint order {spec.joint_order} "
@@ -195,39 +194,11 @@ _WHY = {EXT_JOINTS3D: "3D joints", EXT_INTRINSICS: "crop intrinsics", EXT_JOINTS
         EXT_VISIBLE: "visibility", EXT_IMAGE: "image", EXT_META: "json meta"}
 
 
-def _tar_samples(path: Path):
-    """(key, {ext: TarInfo}, tarfile) per sample of one shard, members grouped like DALI's index."""
-    try:
-        with tarfile.open(path) as tf:
-            key, members = None, {}
-            for m in tf:
-                if not m.isfile():
-                    continue
-                base, ext = m.name.split(".", 1) if "." in m.name else (m.name, "")
-                if base != key and key is not None:
-                    yield key, members, tf
-                    members = {}
-                key = base
-                members[ext] = m
-            if key is not None:
-                yield key, members, tf
-    except tarfile.TarError as e:
-        raise EvaluationError(f"unreadable shard (corrupt or truncated tar): {e}", file=str(path)) from None
-
-
 def scan_shards(path, joint_order: str) -> ShardInfo:
     """Check a shard set against a model of `joint_order` and collect its per-sample meta.
     Reads only the tar headers and the json members: cheap next to decoding the images."""
     path = Path(path)
-    try:
-        manifest = read_manifest(path)
-        files = list_shards(path)
-    except FileNotFoundError as e:
-        raise EvaluationError(str(e), file=str(path)) from None
-    listed = {s["file"]: s for s in manifest.get("shards", [])}
-    if {f.name for f in files} != set(listed):
-        raise EvaluationError(f"shards on disk {sorted(f.name for f in files)} differ from manifest.json's "
-                              f"{sorted(listed)}", file=str(path))
+    manifest, files = check_manifest(path)
     manifest_order = manifest.get("joint_order")
     if manifest_order is not None and manifest_order != joint_order:
         raise EvaluationError(f"shards are in joint order {manifest_order!r}, the model predicts {joint_order!r}",
@@ -236,10 +207,7 @@ def scan_shards(path, joint_order: str) -> ShardInfo:
     keys, mirrored, roots, datasets, splits = [], [], [], set(), set()
     seen: dict[str, str] = {}
     for f in files:
-        if sha256_file(f) != listed[f.name]["sha256"]:
-            raise EvaluationError("sha256 differs from manifest.json: the shard is corrupt or was changed",
-                                  file=str(f))
-        for key, members, tf in _tar_samples(f):
+        for key, members, tf in tar_samples(f):
             if key in seen:
                 raise EvaluationError(f"key also in {seen[key]}: every sample must be counted once",
                                       file=str(f), sample=key)
@@ -279,7 +247,7 @@ def read_images(info: ShardInfo, keys) -> dict[str, np.ndarray]:
     """The stored crops (H x W x 3 uint8) of a few samples, for the contact sheet."""
     wanted, found = set(keys), {}
     for f in info.files:
-        for key, members, tf in _tar_samples(Path(f)):
+        for key, members, tf in tar_samples(f):
             if key in wanted:
                 try:
                     with Image.open(tf.extractfile(members[EXT_IMAGE])) as im:
@@ -383,7 +351,7 @@ def protocols_for(joint_order: str, names) -> list[Protocol]:
     chosen = []
     for name in names:
         if name not in PROTOCOLS:
-            raise click.BadParameter(f"unknown protocol {name!r}; choose from {sorted(PROTOCOLS)}")
+            raise ConfigError(f"unknown protocol {name!r}; choose from {sorted(PROTOCOLS)}")
         protocol = PROTOCOLS[name]
         if protocol.joint_order != joint_order:
             raise EvaluationError(f"protocol {name!r} is for {protocol.joint_order} skeletons, the model "
@@ -536,21 +504,21 @@ def evaluate(checkpoints, shards, *, names=None, protocols=None, decode: str = "
     from shards.pipelines import eval_loader
     checkpoints, shards = [str(c) for c in checkpoints], [str(s) for s in shards]
     if not checkpoints or not shards:
-        raise click.UsageError("give at least one --ckpt and one --shards")
+        raise ConfigError("give at least one --ckpt and one --shards")
     if len(set(shards)) != len(shards) or len(set(checkpoints)) != len(checkpoints):
-        raise click.UsageError("a --ckpt or --shards is given twice")
+        raise ConfigError("a --ckpt or --shards is given twice")
     if names and len(names) != len(checkpoints):
-        raise click.UsageError(f"{len(names)} --name labels for {len(checkpoints)} --ckpt: give one per checkpoint")
+        raise ConfigError(f"{len(names)} --name labels for {len(checkpoints)} --ckpt: give one per checkpoint")
     if decode not in DECODERS:
-        raise click.BadParameter(f"unknown decoding {decode!r}; choose from {DECODERS}")
+        raise ConfigError(f"unknown decoding {decode!r}; choose from {DECODERS}")
     specs = [model_spec(c) for c in checkpoints]
     labels = list(names) if names else [Path(s.run_dir).name if s.run_dir else Path(s.checkpoint).name for s in specs]
     if len(set(labels)) != len(labels):
-        raise click.UsageError(f"checkpoint labels {labels} repeat: give each a --name")
+        raise ConfigError(f"checkpoint labels {labels} repeat: give each a --name")
     if out_dir is None:
         if len(specs) != 1 or specs[0].run_dir is None:
-            raise click.UsageError("give --out DIR (the default, the run directory, needs a single checkpoint "
-                                   "of a run)")
+            raise ConfigError("give --out DIR (the default, the run directory, needs a single checkpoint "
+                              "of a run)")
         out_dir = specs[0].run_dir
     out_dir = Path(out_dir)
     # Everything that can be checked before compute is, on every rank alike: a bad shard or

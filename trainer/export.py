@@ -33,7 +33,7 @@ import click
 import numpy as np
 import torch
 
-from shards.pipelines.common import IMAGENET_MEAN, IMAGENET_STD
+from shards.pipelines.augment import IMAGENET_MEAN, IMAGENET_STD
 from shards.schema import JOINT_ORDERS
 from trainer import engine
 from trainer.pose import PoseModel

@@ -24,9 +24,7 @@ Public API
     finetune(source, target, *, settings, init, model="base", input_size=256, patch_size=16,
              depth_bins=64, head_channels=256, deconv_layers=2, lambda_ar=None, use_ar=True, source_only=False,
              layer_decay=None, drop_path=0.0, depth_range_mm=None, ar_reduction="sum_mean",
-             sigma=2.0, augment=True) -> summary dict
-    load_pose_model(path) -> (PoseModel, meta)   a finetune run/checkpoint, ready for evaluation;
-        meta["options"] holds input_size, depth_range_mm, joint_order
+             sigma=2.0, augment=True, grad_norms=False, freeze_encoder=False) -> summary dict
     pose_recipe(joint_order) -> {"epochs", "lambda_ar", "depth_range_mm", "ds_config"}
 """
 from __future__ import annotations
@@ -36,34 +34,31 @@ import torch
 from PIL import Image, ImageDraw
 
 from shards.pipelines import finetune_loader, target_loader
-from shards.pipelines.common import ShardSet
+from shards.pipelines.shardset import ShardSet
+from shards.joints import pose_kind
 from shards.schema import JOINT_ORDERS, SampleError
-from trainer import engine
+from trainer import checkpoints, engine
 from trainer.baselines import mean_pose
 from trainer.engine import ConfigError, StepOutput
 from trainer.heatmaps import DEFAULT_SIGMA, DEPTH_RANGE_MM, decode_heatmaps, joints_to_voxels, pose_loss, voxels_to_joints
 from trainer.official_weights import encoder_overrides, init_path
-from trainer.pose import (LAMBDA_AR, CheckpointError, FrozenAttentionNet, PoseModel, attention_regularisation,
-                          finetune_loss, load_pretrained, read_module_state_dict)
+from trainer.checkpoints import CheckpointError
+from trainer.pose import (LAMBDA_AR, POSE_STAGE, FrozenAttentionNet, PoseModel, attention_regularisation,
+                          finetune_loss, load_pretrained)
 from trainer.report import overlay_attention
 from trainer.vit import VIT_SIZES, vit_config
 
-STAGE = "finetune"
+STAGE = POSE_STAGE
 EPOCHS = {"hand": 50, "body": 100}
 RECIPES = {"hand": "finetune_hands.json", "body": "finetune_bodies.json"}
 
 
-def body_or_hand(joint_order: str) -> str:
-    if joint_order == "hand21":
-        return "hand"
-    if joint_order == "h36m17":
-        return "body"
-    raise ConfigError(f"joint order {joint_order!r} is not a pose dataset (hand21 or h36m17)")
-
-
 def pose_recipe(joint_order: str) -> dict:
     """The paper's fine-tuning defaults for hands or bodies."""
-    kind = body_or_hand(joint_order)
+    try:
+        kind = pose_kind(joint_order)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return {"epochs": EPOCHS[kind], "lambda_ar": LAMBDA_AR[kind], "depth_range_mm": DEPTH_RANGE_MM[kind],
             "ds_config": engine.default_ds_config(RECIPES[kind], "cpu_finetune.json")}
 
@@ -167,7 +162,7 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
     if init != "none":
         tag_dir = init_path(init)   # a run/tag directory, or a released MAE / timm / ViTPose file
         if (tag_dir / engine.META_FILE).is_file():
-            meta = engine.read_checkpoint_meta(tag_dir)
+            meta = checkpoints.read_checkpoint_meta(tag_dir)
             if meta["stage"] not in ("pretrain", STAGE):
                 raise CheckpointError(f"--init {tag_dir} is a {meta['stage']} checkpoint of {meta['model']}: "
                                       "fine-tuning starts from a pre-training (or pose) checkpoint")
@@ -225,21 +220,6 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
 
     groups = engine.param_groups(pose, weight_decay, layer_decay)
     return engine.fit(run, pose, loaders, step, groups, figure)
-
-
-def load_pose_model(path) -> tuple[PoseModel, dict]:
-    """The PoseModel of a `trainer finetune` run (directory, checkpoints/ or tag), in eval mode."""
-    tag_dir = engine.checkpoint_tag_dir(path)
-    meta = engine.read_checkpoint_meta(tag_dir)
-    if meta.get("stage") != STAGE:
-        raise CheckpointError(f"{tag_dir} is a {meta.get('stage')} checkpoint, not a pose model (`trainer finetune`)")
-    m = meta["model"]
-    model = PoseModel(m["encoder"], m["num_joints"], m["depth_bins"], m["head_channels"], m.get("deconv_layers", 2))
-    try:
-        model.load_state_dict(read_module_state_dict(tag_dir))
-    except RuntimeError as e:
-        raise CheckpointError(f"{tag_dir} does not fit {m}: {e}") from None
-    return model.eval(), {**meta, "checkpoint": str(tag_dir)}
 
 
 @click.command(STAGE)

@@ -16,7 +16,7 @@ i mod world) and rank 0 writes; the output does not depend on the number of rank
 Public API
     predict_mask_shards(model, in_path, out_dir, *, threshold=0.5, batch_size=16,
                         replace_existing=False, soft=False, shard_count=None) -> manifest dict
-    load_segnet(model) -> (UNet, meta)     a segnet run directory or checkpoint
+    load_segnet(model_path) -> (UNet, meta)     a segnet run directory or checkpoint
 """
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ from shards.progress import progress
 from shards.reader import iter_samples, read_manifest
 from shards.schema import EXT_IMAGE, EXT_MASK, SampleError, encode_png
 from shards.writer import ShardWriter
-from trainer import engine
+from trainer import checkpoints, engine
 from trainer.engine import ConfigError
-from trainer.pose import CheckpointError, read_module_state_dict
+from trainer.checkpoints import CheckpointError, read_module_state_dict
 from trainer.segnet import prepare_images
 from trainer.unet import UNet, predict_masks
 
@@ -47,8 +47,8 @@ WRITER_FIELDS = {"schema_version", "samples", "num_shards", "shards", "skipped",
 
 def load_segnet(model_path) -> tuple[UNet, dict]:
     """The U-Net of a `trainer segnet` run (directory, checkpoints/ or a tag directory)."""
-    tag_dir = engine.checkpoint_tag_dir(model_path)
-    meta = engine.read_checkpoint_meta(tag_dir)
+    tag_dir = checkpoints.checkpoint_tag_dir(model_path)
+    meta = checkpoints.read_checkpoint_meta(tag_dir)
     if meta.get("stage") != "segnet":
         raise CheckpointError(f"{tag_dir} is a {meta.get('stage')} checkpoint of {meta.get('model')}, "
                               "not a segmentation network (train one with `trainer segnet`)")

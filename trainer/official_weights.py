@@ -13,7 +13,7 @@ Formats (told apart by their keys, not by file names):
               final norm; pos_embed has 1 + N slots and ViTPose adds slot 0 to every patch slot)
               and keypoint_head.* (a 2D head, not used)
     posemae   this project's own checkpoints: a DeepSpeed run/tag directory or a .pt with
-              encoder.* keys (trainer.pose.read_module_state_dict)
+              encoder.* keys (trainer.checkpoints.read_module_state_dict)
 Blocks use the same names in all of them (timm's Block): norm1, attn.qkv, attn.proj, norm2,
 mlp.fc1, mlp.fc2.
 
@@ -38,7 +38,7 @@ Public API
     init_path(init) -> Path                   --init: a run dir -> its latest tag dir; a file as it is
     is_sincos(pos_embed (1, 1+N, C), grid) -> bool
     infer_grid(num_patches) -> (gh, gw)
-    Converted(path, format, state, pos_embed, grid, pos_kind, notes, ignored)
+    Converted(path, format, state, pos_embed, grid, pos_kind, decoder_pos_kind, notes, ignored)
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def is_sincos(pos_embed: torch.Tensor, grid) -> bool:
 
 
 def _load_file(path: str) -> dict:
-    from trainer.pose import CheckpointError
+    from trainer.checkpoints import CheckpointError
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint file at {path}")
     try:
@@ -121,10 +121,10 @@ def _kind(pos: torch.Tensor, grid) -> str:
 
 def read_checkpoint(path) -> Converted:
     """Read any supported checkpoint into our key layout (see the module docstring)."""
-    from trainer.pose import CheckpointError, read_module_state_dict
+    from trainer.checkpoints import CheckpointError, read_module_state_dict
     where = os.fspath(path)
     if os.path.isdir(where):   # a run directory, its checkpoints/ or a tag directory
-        from trainer.engine import checkpoint_tag_dir
+        from trainer.checkpoints import checkpoint_tag_dir
         tag_dir = str(checkpoint_tag_dir(where))
         return Converted(tag_dir, "posemae", read_module_state_dict(tag_dir))
     raw, wrapper = _unwrap(_load_file(where))
@@ -185,7 +185,7 @@ def _from_vitpose(where: str, raw: dict) -> Converted:
         else:
             out.state[f"encoder.{name}"] = value
     if not any(k.startswith("encoder.blocks.") for k in out.state):
-        from trainer.pose import CheckpointError
+        from trainer.checkpoints import CheckpointError
         raise CheckpointError(f"{where} has backbone.* keys but no ViT blocks (backbone.blocks.N.*): "
                               "not a ViTPose checkpoint")
     if out.pos_embed is not None:
@@ -201,7 +201,7 @@ def _from_vitpose(where: str, raw: dict) -> Converted:
 def init_path(init) -> Path:
     """--init as a path: a run directory or its checkpoints/ -> the latest tag directory; a file
     (a released checkpoint, or a .pt) as it is. A missing path is one clear error naming it."""
-    from trainer.engine import checkpoint_tag_dir
+    from trainer.checkpoints import checkpoint_tag_dir
     path = Path(init)
     if path.is_file():
         return path

@@ -26,18 +26,19 @@ Public API
         file (trainer.official_weights); the report says what was loaded, ignored, and what was
         done with the position embedding
     load_mae_init(mae, checkpoint) -> LoadReport      trainer pretrain --init (decoder included)
-    read_module_state_dict(checkpoint) -> dict    a .pt file or a DeepSpeed checkpoint directory
-    CheckpointError (ValueError)
+    load_pose_model(path) -> (PoseModel, meta)   a finetune run/checkpoint, ready for evaluation;
+        meta["options"] holds input_size, depth_range_mm, joint_order
+    (reading checkpoint files, and CheckpointError: trainer.checkpoints)
 """
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from trainer.checkpoints import CheckpointError, checkpoint_tag_dir, read_checkpoint_meta, read_module_state_dict
 from trainer.vit import ViTEncoder, sincos_pos_embed_2d
 
 LAMBDA_AR = {"hand": 100.0, "body": 10.0}
@@ -140,10 +141,6 @@ def finetune_loss(pose_loss: torch.Tensor, ar_loss: torch.Tensor | None, lambda_
 
 
 # -- pre-trained weights ---------------------------------------------------------------------------
-class CheckpointError(ValueError):
-    """A checkpoint that cannot initialise this model; the message names the file."""
-
-
 @dataclass
 class LoadReport:
     checkpoint: str
@@ -168,33 +165,6 @@ class LoadReport:
                 lines.append(f"  {name}: {shown}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-def read_module_state_dict(checkpoint: str | os.PathLike) -> dict:
-    """The model state dict of a checkpoint: a DeepSpeed checkpoint directory (its `latest` tag,
-    or a tag directory) holding mp_rank_00_model_states.pt, or a .pt file with either a plain
-    state dict or DeepSpeed's {"module": state dict}. Loaded with weights_only=True."""
-    path = os.fspath(checkpoint)
-    if os.path.isdir(path):
-        latest = os.path.join(path, "latest")
-        if os.path.isfile(latest):
-            with open(latest) as f:
-                path = os.path.join(path, f.read().strip())
-        path = os.path.join(path, "mp_rank_00_model_states.pt")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint file at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file or one that needs unsafe unpickling: say which file
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-    if isinstance(state, dict) and "module" in state:
-        state = state["module"]
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{path} holds no model weights (a ZeRO-3 checkpoint? convert it with "
-                              f"DeepSpeed's zero_to_fp32.py first)")
-    if all(k.startswith("module.") for k in state):  # saved from a DDP/engine wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
 
 
 def _grid_text(grid) -> str:
@@ -337,3 +307,22 @@ def load_mae_init(mae, checkpoint) -> LoadReport:
         mae.load_state_dict(decoder_state, strict=False)
     report.loaded = sorted([f"encoder.{k}" for k in encoder_state] + list(decoder_state))
     return report
+
+
+# -- fine-tuned models --------------------------------------------------------------------------
+POSE_STAGE = "finetune"     # the trainer stage whose checkpoints hold a PoseModel
+
+
+def load_pose_model(path) -> tuple[PoseModel, dict]:
+    """The PoseModel of a `trainer finetune` run (directory, checkpoints/ or tag), in eval mode."""
+    tag_dir = checkpoint_tag_dir(path)
+    meta = read_checkpoint_meta(tag_dir)
+    if meta.get("stage") != POSE_STAGE:
+        raise CheckpointError(f"{tag_dir} is a {meta.get('stage')} checkpoint, not a pose model (`trainer finetune`)")
+    m = meta["model"]
+    model = PoseModel(m["encoder"], m["num_joints"], m["depth_bins"], m["head_channels"], m.get("deconv_layers", 2))
+    try:
+        model.load_state_dict(read_module_state_dict(tag_dir))
+    except RuntimeError as e:
+        raise CheckpointError(f"{tag_dir} does not fit {m}: {e}") from None
+    return model.eval(), {**meta, "checkpoint": str(tag_dir)}

@@ -51,7 +51,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from shards.device import cuda_available
-from shards.pipelines.common import IMAGENET_MEAN, IMAGENET_STD
+from shards.pipelines.augment import IMAGENET_MEAN, IMAGENET_STD
 from shards.schema import JOINT_ORDERS, SampleError
 from trainer import engine
 from trainer.engine import ConfigError
@@ -259,7 +259,7 @@ def _closest_depth(uv_a, uv_b, z_a, z_b, intrinsics) -> float:
 
 # -- overlays ---------------------------------------------------------------------------------
 def overlay(image: np.ndarray, record: dict) -> np.ndarray:
-    from dataprep.tools import BONES
+    from shards.joints import BONES
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
     scale = max(1.0, max(image.shape[:2]) / 400)   # lines that stay visible on large images

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from shards.pipelines import pretrain_loader
-from shards.pipelines.common import ShardSet
+from shards.pipelines.shardset import ShardSet
 from shards.schema import SampleError
 from trainer import engine
 from trainer.engine import ConfigError, StepOutput

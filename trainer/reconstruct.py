@@ -24,10 +24,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .heatmaps import DEPTH_RANGE_MM as _RANGE_BY_KIND
+from shards import camera
+from shards.joints import pose_kind
 
-# docs/method.md (choice): the depth range the Dz bins cover, centred on the root joint.
-DEPTH_RANGE_MM = {"hand21": _RANGE_BY_KIND["hand"], "h36m17": _RANGE_BY_KIND["body"]}
+from .heatmaps import DEPTH_RANGE_MM
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,7 @@ class HeatmapVolume:
     @classmethod
     def for_joint_order(cls, joint_order: str, input_size: int = 256, depth_bins: int = 64) -> "HeatmapVolume":
         """400 mm for hands, 2000 mm for bodies (docs/method.md)."""
-        if joint_order not in DEPTH_RANGE_MM:
-            raise ValueError(f"no depth range for joint order {joint_order!r}; known: {sorted(DEPTH_RANGE_MM)}")
-        return cls(input_size, None, depth_bins, DEPTH_RANGE_MM[joint_order])
+        return cls(input_size, None, depth_bins, DEPTH_RANGE_MM[pose_kind(joint_order)])
 
     @property
     def pixels_per_voxel(self) -> float:
@@ -145,9 +143,7 @@ def backproject(uv_px, depth_mm, intrinsics) -> np.ndarray:
 def project(joints3d_mm, intrinsics) -> np.ndarray:
     """Camera coordinates (B, K, 3) -> pixels (B, K, 2) with (B, 4) intrinsics."""
     j = np.asarray(joints3d_mm, np.float64)
-    k = _intrinsics(intrinsics, j.shape[0])
-    fx, fy, cx, cy = (k[:, i, None] for i in range(4))
-    return np.stack([fx * j[..., 0] / j[..., 2] + cx, fy * j[..., 1] / j[..., 2] + cy], axis=-1)
+    return camera.project(j, _intrinsics(intrinsics, j.shape[0]))
 
 
 def unmirror(joints3d_mm, mirrored) -> np.ndarray:

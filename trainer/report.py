@@ -16,7 +16,6 @@ import datetime
 import importlib.metadata
 import json
 import math
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from dataprep.tools import BONES
+from shards.files import atomic_write_text, json_default
+from shards.joints import BONES
 
 from .metrics import ProtocolResult
 
@@ -70,17 +70,6 @@ def code_version(repo_dir=None) -> str:
     return f"posemae {package} (no git version: {reason})"
 
 
-def _plain(o):
-    """numpy values -> JSON types (json.dumps `default`)."""
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def evaluation_record(result: ProtocolResult, *, method: str, checkpoint, dataset: str, shards,
                       keys=None, **extra) -> dict:
     """One (checkpoint, shard set, protocol) evaluation as a JSON-ready dict: the summary, the
@@ -112,13 +101,11 @@ def write_results(run_dir, evaluations: list[dict], **extra) -> Path:
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            **extra, "evaluations": list(evaluations)}
     try:
-        text = json.dumps(doc, indent=1, default=_plain, allow_nan=False)
+        text = json.dumps(doc, indent=1, default=json_default, allow_nan=False)
     except ValueError as e:
         raise ValueError(f"results for {run_dir} contain NaN or inf: {e}") from None
     path = run_dir / RESULTS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path
 
 

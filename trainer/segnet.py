@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from shards.pipelines import segnet_loader
-from shards.pipelines.common import IMAGENET_MEAN, IMAGENET_STD
+from shards.pipelines.augment import IMAGENET_MEAN, IMAGENET_STD
 from shards.reader import iter_samples, list_shards
 from shards.schema import SampleError
 from trainer import engine

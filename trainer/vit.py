@@ -13,7 +13,7 @@ MAE's fixed 2D sin-cos position embedding, plus the two things this method needs
   checkpointing (its forward runs without grad, so the rows would have none).
 
 Public API
-    vit_config(name) -> dict                       "tiny" | "small" | "base" | "large"
+    vit_config(name, img_size=256, patch_size=16, **overrides) -> dict    name: "tiny" | "small" | "base" | "large"
     ViTEncoder(img_size=256, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
                mlp_ratio=4.0, drop_path_rate=0.0, learned_pos_embed=False)
         learned_pos_embed: a trainable position embedding (initialised to the sin-cos one, in the
@@ -23,7 +23,7 @@ Public API
         .embed_patches(images) -> (B, N, C);  .encode_tokens(patch_tokens (B, n, C)) -> (B, 1+n, C)
         .group_matcher(coarse=False)   for timm.optim.param_groups_layer_decay (ViTPose's decay)
     sincos_pos_embed_2d(embed_dim, grid_size) -> (1+gh*gw, embed_dim), class-token row zero
-    cls_attention_from_qkv(attn_module, qkv_output) -> (B, N)
+    cls_attention_from_qkv(attn, qkv) -> (B, N)
 
 Images are float tensors already normalised by the input pipeline.
 """

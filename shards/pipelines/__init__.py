@@ -1,9 +1,26 @@
 """DALI input pipelines over the shards: pre-training (with background replacement), segmentation,
-fine-tuning (labelled source + label-free target) and evaluation. Every function returns a
-`Loader` (common.py): batches of torch tensors, `len` batches per epoch, JSON-able state."""
-from .common import Augment, Loader
+fine-tuning (labelled source + label-free target) and evaluation. Every loader function returns a
+`Loader` (loader.py): batches of torch tensors, `len` batches per epoch, JSON-able state.
+
+Modules: pretrain.py and pose.py hold the pipelines, one per purpose; finetune.py and evaluate.py
+the pose loaders; steps.py, augment.py and opencv.py the processing steps they share; shardset.py
+the shards as the reader sees them; seeds.py the random seeds; loader.py the Loader.
+
+Conventions. Pixel coordinates are continuous, (0, 0) the top-left corner of the first pixel
+(pixel centres at +0.5), the convention of DALI's warp_affine/coord_transform and of dataprep's
+crops. Images leave the pipelines normalised with the ImageNet mean/std, CHW float32.
+
+CPU vs GPU: one graph. On a CUDA machine (shards.device.cuda_available) images are decoded with
+`mixed` and every pixel op runs on the GPU; otherwise the graph runs on the CPU (device_id=None)
+with two substitutions that make it about 2x faster there: OpenCV's warp and a uint8 blend
+(opencv.py) called from the graph, unless POSEMAE_CPU_IMAGE_OPS=dali. Random numbers, affine
+matrices and joints are small CPU tensors either way, and every random operator has its own
+explicit seed (seeds.op_seed), so the substitutions draw the same augmentation.
+"""
+from .augment import Augment
 from .evaluate import eval_loader
 from .finetune import finetune_loader, target_loader
+from .loader import Loader
 from .pretrain import pretrain_loader, segnet_loader
 
 __all__ = ["Augment", "Loader", "pretrain_loader", "segnet_loader", "finetune_loader", "target_loader",

@@ -5,10 +5,10 @@ by repeating its last sample; `valid` marks the padding so metrics can drop it.
 """
 from __future__ import annotations
 
-from .common import Loader, ShardSet, rank_share
 from .finetune import pose_stream
-
-EVAL_NAMES = ("image", "joints3d_mm", "joints2d_px", "visible", "intrinsics", "crop_to_input", "has_3d", "key")
+from .loader import Loader, rank_share
+from .pose import EVALUATION_OUTPUTS, evaluation_pipeline
+from .shardset import ShardSet
 
 
 def eval_loader(shards, *, batch_size: int, input_size: int = 256, rank: int = 0, world_size: int = 1,
@@ -22,9 +22,10 @@ def eval_loader(shards, *, batch_size: int, input_size: int = 256, rank: int = 0
     if n < world_size:
         raise ValueError(f"{n} samples cannot be split over {world_size} ranks")
     largest = -(-n // world_size)
-    stream = pose_stream(data, name="eval", names=EVAL_NAMES, batch_size=batch_size, input_size=input_size,
-                         augment=None, labels=True, evaluation=True, seed=0, rank=rank, world_size=world_size,
-                         num_threads=num_threads)
+    num_joints, _ = data.num_joints()
+    stream = pose_stream(evaluation_pipeline, data, name="eval", names=EVALUATION_OUTPUTS, batch_size=batch_size,
+                         seed=0, rank=rank, num_threads=num_threads, world_size=world_size, input_size=input_size,
+                         num_joints=num_joints)
     fingerprint = dict(kind="eval", samples=[n], batch_sizes=[batch_size], rank=rank, world_size=world_size,
                        input_size=input_size)
     return Loader([stream], -(-largest // batch_size), fingerprint=fingerprint,

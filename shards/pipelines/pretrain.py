@@ -12,7 +12,7 @@ Per sample, in order:
       per-sample mean/std, HWC uint8 -> CHW float (the mask channel -> [0, 1])
 Compositing after the warp is exact: the warp is linear in the pixel values and a convex
 combination commutes with it. The same holds for the jitter (affine per channel, see
-common.colour_normalisation), so the GPU graph, whose arithmetic is cheap, blends in float after
+augment.colour_normalisation), so the GPU graph, whose arithmetic is cheap, blends in float after
 normalising, and the CPU graph blends in uint8 before it (opencv_composite: whole pixels copied,
 only the soft edge computed; the two differ by uint8 rounding, at most half a grey level before
 the jitter). POSEMAE_CPU_IMAGE_OPS=dali runs the GPU graph's operators on the CPU instead. The
@@ -21,15 +21,18 @@ random background. Samples without a mask get mask 0, has_mask False and never a
 """
 from __future__ import annotations
 
-import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dmath
 
-from .common import (Augment, Loader, ShardSet, Stream, as_augment, colour_normalisation, crop_to_input,
-                     decode_image, derive_seed, gpu_outputs, image_size, mask_or_zeros, normalise, op_seed,
-                     per_rank_min, pipeline_kwargs, reader, sample_key, uses_dali_image_ops, warp,
-                     with_mask_channel, zero_mask)
 from ..device import cuda_available
+from ..schema import EXT_IMAGE, EXT_MASK
+from .augment import Augment, as_augment, colour_normalisation, crop_to_input, with_mask_channel
+from .loader import Loader, Stream, per_rank_min
+from .opencv import opencv_composite
+from .seeds import derive_seed, op_seed
+from .shardset import ShardSet
+from .steps import (decode_image, gpu_outputs, image_size, mask_or_zeros, normalise, pipeline_kwargs, reader,
+                    sample_key, uses_dali_image_ops, warp, zero_mask)
 
 
 def composite_and_normalise(both, background_jpg, swap, mean, std, input_size: int, gpu: bool, seed: int):
@@ -55,35 +58,6 @@ def composite_and_normalise(both, background_jpg, swap, mean, std, input_size: i
     return both[0:3], both[3:4]
 
 
-def opencv_composite(images, backgrounds, swaps):
-    """CPU blend of warped RGBA uint8 images with their background windows where `swap`:
-    round((m*x + (255-m)*u) / 255) per channel, the mask channel kept. Pixels with m = 255 are
-    copied whole and only those with 0 < m < 255 (a hard mask's warped edge, a few percent) are
-    computed, which makes it about 6x faster than blending every pixel; a fully soft mask is
-    still exact, only slower."""
-    import cv2
-    out = []
-    for rgba, background, swap in zip(images, backgrounds, swaps):
-        if not bool(swap):
-            out.append(rgba)
-            continue
-        # Whole-image work stays in OpenCV on 4 interleaved channels: numpy's channel slicing
-        # and stacking cost more than the blend itself.
-        rgba = np.ascontiguousarray(rgba)
-        m = cv2.extractChannel(rgba, 3)
-        blended = cv2.cvtColor(np.ascontiguousarray(background), cv2.COLOR_RGB2RGBA)
-        cv2.mixChannels([m], [blended], [0, 3])                          # (u, m)
-        cv2.copyTo(rgba, cv2.compare(m, 255, cv2.CMP_EQ), blended)       # (x, m) where m = 255
-        soft = np.flatnonzero(cv2.inRange(m, 1, 254))
-        if soft.size:                          # the mask channel comes out as m: (m*m + m*(255-m))/255
-            w = m.reshape(-1)[soft, None].astype(np.uint32)
-            x = rgba.reshape(-1, 4)[soft].astype(np.uint32)
-            u = blended.reshape(-1, 4)[soft].astype(np.uint32)
-            blended.reshape(-1, 4)[soft] = (x * w + u * (255 - w) + 127) // 255
-        out.append(blended)
-    return out
-
-
 def random_background(jpg, input_size: int, gpu: bool, seed: int):
     """A random input_size square of each background image, decoded as that window only (ROI
     decoding); images with a shorter side below input_size are upscaled."""
@@ -106,9 +80,9 @@ def pretrain_pipeline(shards: ShardSet, backgrounds: ShardSet | None, *, name: s
     common = dict(rank=rank, world_size=world_size, seed=shuffle_seed, shuffle=True)
     seed = derive_seed(shuffle_seed, rank, name)              # the pipeline's seed (pipeline_kwargs)
     if read_masks:
-        jpg, png = reader(shards, ["jpg", "mask.png"], name=name, missing="skip" if masks_required else "empty", **common)
+        jpg, png = reader(shards, [EXT_IMAGE, EXT_MASK], name=name, missing="skip" if masks_required else "empty", **common)
     else:
-        jpg = reader(shards, ["jpg"], name=name, **common)
+        jpg = reader(shards, [EXT_IMAGE], name=name, **common)
     hw = image_size(jpg)
     image = decode_image(jpg, gpu)
     if read_masks:
@@ -127,7 +101,7 @@ def pretrain_pipeline(shards: ShardSet, backgrounds: ShardSet | None, *, name: s
         return (*gpu_outputs(gpu, both[0:3], both[3:4], has_mask), sample_key(jpg))
 
     # The reader advances one background per sample, swapped or not.
-    background_jpg = reader(backgrounds, "jpg", name=name + "_bg", **common)
+    background_jpg = reader(backgrounds, EXT_IMAGE, name=name + "_bg", **common)
     swap = fn.random.coin_flip(probability=p_bg, dtype=types.BOOL, seed=op_seed(seed, "swap")) & has_mask
     image, mask = composite_and_normalise(both, background_jpg, swap, mean, std, input_size, gpu, seed)
     return (*gpu_outputs(gpu, image, mask, has_mask), sample_key(jpg))
@@ -195,7 +169,7 @@ def segnet_loader(source, *, batch_size: int, input_size: int, seed: int, rank: 
     """Segmentation-network batches from the samples that have a mask (others are skipped):
     image (B,3,S,S) normalised, mask (B,1,S,S) in [0,1], has_mask (all True), key."""
     src = ShardSet.at(source)
-    n = src.count(require_ext="mask.png")
+    n = src.count(require_ext=EXT_MASK)
     if n == 0:
         raise ValueError(f"no sample in {source} has a mask.png: nothing to train the segmentation network on")
     stream = _stream(src, None, name="segnet", batch_size=batch_size, input_size=input_size, p_bg=0.0,

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
 from dataprep.cli import cli
-from dataprep.demo import generate_demo
+from dataprep.synthetic import generate_demo
 from shards import iter_samples, project, read_manifest
 
 N_SRC, N_SRC_TEST, N_TGT, N_TGT_TEST, N_BG = 4, 2, 6, 2, 6

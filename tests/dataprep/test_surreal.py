@@ -6,7 +6,8 @@ import pytest
 import scipy.io
 from click.testing import CliRunner
 
-from dataprep.bodies import H36M17_FLIP, SMPL_FLIP, forward_direction, pinhole, smpl24_to_h36m17
+from shards.camera import project
+from dataprep.bodies import H36M17_FLIP, SMPL_FLIP, forward_direction, smpl24_to_h36m17
 from dataprep.cli import cli
 from dataprep.surreal import surreal_camera
 from shards import iter_samples, read_manifest
@@ -240,7 +241,7 @@ def test_surreal_camera_reproduces_the_released_example():
     rot, trans = surreal_camera(np.array(EXAMPLE_CAM_LOC))
     assert np.linalg.det(rot) == pytest.approx(-1.0)
     cam_mm = 1000.0 * (EXAMPLE_JOINTS3D @ rot.T + trans)
-    uv = pinhole(cam_mm, F, F, CX, CY)
+    uv = project(cam_mm, (F, F, CX, CY))
     np.testing.assert_array_equal(np.round(uv), EXAMPLE_JOINTS2D)
     assert uv[15, 1] < uv[0, 1] < uv[7, 1]                                    # head above pelvis above ankle
     feet = (cam_mm[10] + cam_mm[11] - cam_mm[7] - cam_mm[8]) / 2                # ankles -> feet: forward

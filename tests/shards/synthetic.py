@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shards.schema import Sample, encode_sample
-from shards.writer import ShardWriter
+from dataprep.synthetic.raster import blob_mask  # noqa: F401  (the tests' foreground masks)
+from shards.schema import Sample
+from shards.writer import write_samples
 from tests.hand_fixtures import hand21_mm, project
 
 
@@ -64,11 +65,7 @@ def background_sample(key: str, image: np.ndarray) -> Sample:
 
 
 def write_shards(out_dir, samples, *, per_shard: int = 4, name: str = "shard") -> Path:
-    out_dir = Path(out_dir)
-    with ShardWriter(out_dir, name=name, max_count=per_shard, command=["tests"]) as writer:
-        for i, s in enumerate(samples):
-            writer.write(s.key, encode_sample(s), i + 1)
-    return out_dir
+    return write_samples(out_dir, samples, per_shard=per_shard, name=name, command=["tests"])
 
 
 def jpeg_roundtrip(image: np.ndarray) -> np.ndarray:
@@ -76,32 +73,3 @@ def jpeg_roundtrip(image: np.ndarray) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=95)
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-
-
-def photo_crops(n: int, size: int, seed: int) -> list[np.ndarray]:
-    """Random square crops of scikit-image's sample photographs, resized to `size`: realistic
-    JPEG sizes and decode cost for benchmarks."""
-    import skimage.data as data
-    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.immunohistochemistry(),
-              data.hubble_deep_field(), *data.stereo_motorcycle()[:2]]
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        p = photos[rng.integers(len(photos))]
-        side = int(rng.integers(min(p.shape[:2]) // 2, min(p.shape[:2])))
-        y, x = rng.integers(0, p.shape[0] - side + 1), rng.integers(0, p.shape[1] - side + 1)
-        out.append(np.asarray(Image.fromarray(p[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR)))
-    return out
-
-
-def blob_mask(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A hand-sized foreground of a few overlapping ellipses, 0/255."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    fg = np.zeros((size, size), bool)
-    for _ in range(6):
-        cx, cy = rng.uniform(0.3, 0.7, 2) * size
-        a, b = rng.uniform(0.05, 0.2, 2) * size
-        t = rng.uniform(0, np.pi)
-        x, y = (xx - cx) * np.cos(t) + (yy - cy) * np.sin(t), -(xx - cx) * np.sin(t) + (yy - cy) * np.cos(t)
-        fg |= (x / a) ** 2 + (y / b) ** 2 < 1
-    return fg.astype(np.uint8) * 255

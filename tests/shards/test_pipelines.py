@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shards.pipelines import eval_loader, finetune_loader, pretrain_loader, segnet_loader, target_loader
-from shards.pipelines.common import IMAGENET_MEAN, IMAGENET_STD
+from shards.pipelines.augment import IMAGENET_MEAN, IMAGENET_STD
 from shards.reader import iter_samples
 from shards.schema import SampleError, encode_sample
 from shards.writer import ShardWriter
@@ -126,7 +126,7 @@ def test_cpu_opencv_warp_equals_dali_warp_affine():
     15-bit-weight rounding. A half-pixel convention slip would differ by tens of grey levels on
     this high-frequency image."""
     from nvidia.dali import fn, pipeline_def, types
-    from shards.pipelines.common import opencv_warp
+    from shards.pipelines.opencv import opencv_warp
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (40, 50, 4), dtype=np.uint8), rng.integers(0, 256, (40, 50, 1), dtype=np.uint8)]
     angle = np.deg2rad(25.0)

@@ -268,7 +268,7 @@ def test_pretrain_and_finetune_stages_start_from_released_files(tmp_path):
     assert [m["ar_loss"] for m in records if "loss" in m] == [0.0]
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert config["model"]["encoder"]["learned_pos_embed"] is True
-    from trainer.finetune import load_pose_model
+    from trainer.pose import load_pose_model
     model, _ = load_pose_model(tmp_path / "ft")   # the learned embedding is part of the pose checkpoint
     assert model.encoder.pos_embed.shape == (1, 5, 192) and isinstance(model.encoder.pos_embed, torch.nn.Parameter)
     assert model(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 21, 4, SIZE // 4, SIZE // 4)

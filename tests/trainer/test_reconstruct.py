@@ -151,5 +151,5 @@ def test_bad_inputs_raise():
         reconstruct(vox, resize_affine(256, 256), k, [500.0], volume)
     with pytest.raises(ValueError, match="fx, fy must be positive"):
         backproject(vox[..., :2], vox[..., 2], np.array([[0.0, 500, 128, 128]] * 2))
-    with pytest.raises(ValueError, match="no depth range"):
+    with pytest.raises(ValueError, match="not a pose dataset"):
         HeatmapVolume.for_joint_order("none")

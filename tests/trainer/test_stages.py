@@ -237,7 +237,7 @@ def test_two_rank_pretrain_through_the_deepspeed_launcher(data, tmp_path):
 
 # -- finetune --------------------------------------------------------------------------------
 def test_finetune_from_pretraining_with_the_attention_regulariser(pretrain_run, data, tmp_path):
-    from trainer.finetune import load_pose_model
+    from trainer.pose import load_pose_model
     run_dir = tmp_path / "ft"
     run_ok("finetune", "--source", data / "source", "--target", data / "target", "--init", pretrain_run, *TINY,
            "--depth-bins", 8, "--head-channels", 16, "--layer-decay", 0.75, "--epochs", 1, "--warmup-epochs", 0,
@@ -270,7 +270,7 @@ def test_finetune_from_scratch_source_only(data, tmp_path):
 
 
 def test_finetune_with_a_frozen_encoder_trains_the_head_alone(pretrain_run, data, tmp_path):
-    from trainer.finetune import load_pose_model
+    from trainer.pose import load_pose_model
     from trainer.pose import PoseModel, load_pretrained
     run_dir = tmp_path / "probe"
     run_ok("finetune", "--source", data / "source", "--init", pretrain_run, "--no-ar", "--freeze-encoder", *TINY,
