@@ -15,16 +15,13 @@ from pathlib import Path
 
 import torch
 
+from trainer.errors import CheckpointError
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 META_FILE = "posemae.json"          # per checkpoint: stage, model signature, step, world size
 MODEL_STATES = "mp_rank_00_model_states.pt"   # DeepSpeed's file of the model weights
 TAG_PREFIX = "step"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used as asked (unreadable, another model); the message names
-    the file."""
 
 
 def tag_for(step: int) -> str:

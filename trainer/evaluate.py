@@ -66,8 +66,8 @@ from trainer import checkpoints, engine, report
 from trainer.baselines import MeanPose, constant_prediction, mean_pose, meta_mean_pose
 from trainer.heatmaps import DEPTH_RANGE_MM, decode_heatmaps
 from trainer.metrics import PROTOCOLS, Protocol, evaluate as evaluate_protocol
-from trainer.checkpoints import CheckpointError
-from trainer.engine import ConfigError
+from trainer.errors import CheckpointError
+from trainer.errors import ConfigError
 from trainer.pose import PoseModel, load_pose_model
 from trainer.reconstruct import HeatmapVolume, apply_affine, invert_affine, reconstruct, unmirror
 

@@ -39,10 +39,11 @@ from shards.joints import pose_kind
 from shards.schema import JOINT_ORDERS, SampleError
 from trainer import checkpoints, engine
 from trainer.baselines import mean_pose
-from trainer.engine import ConfigError, StepOutput
+from trainer.engine import StepOutput
+from trainer.errors import ConfigError
 from trainer.heatmaps import DEFAULT_SIGMA, DEPTH_RANGE_MM, decode_heatmaps, joints_to_voxels, pose_loss, voxels_to_joints
 from trainer.official_weights import encoder_overrides, init_path
-from trainer.checkpoints import CheckpointError
+from trainer.errors import CheckpointError
 from trainer.pose import (LAMBDA_AR, POSE_STAGE, FrozenAttentionNet, PoseModel, attention_regularisation,
                           finetune_loss, load_pretrained)
 from trainer.report import overlay_attention
@@ -128,16 +129,8 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
     use_ar = use_ar and not source_only
     lambda_ar = recipe["lambda_ar"] if lambda_ar is None else lambda_ar
     depth_range_mm = recipe["depth_range_mm"] if depth_range_mm is None else depth_range_mm
-    if use_ar and target is None:
-        raise ConfigError("the attention regulariser needs --target shards (or pass --no-ar / --source-only)")
-    if use_ar and init == "none":
-        raise ConfigError("--init none has no pre-trained encoder to copy into the frozen attention network: "
-                          "pass --no-ar (or --source-only) to train from scratch")
-    if freeze_encoder and use_ar:
-        raise ConfigError("--freeze-encoder trains the head alone; the attention regulariser acts on the encoder: "
-                          "pass --no-ar (or --source-only)")
-    if input_size % patch_size:
-        raise ConfigError(f"--input-size {input_size} is not a multiple of the patch size {patch_size}")
+    _check_options(target=target, init=init, use_ar=use_ar, freeze_encoder=freeze_encoder, input_size=input_size,
+                   patch_size=patch_size)
     try:
         encoder = vit_config(model, img_size=input_size, patch_size=patch_size)
     except ValueError as e:
@@ -158,21 +151,7 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
 
     torch.manual_seed(settings.seed)
     pose = PoseModel({**encoder, "drop_path_rate": drop_path}, num_joints, depth_bins, head_channels, deconv_layers)
-    frozen = None
-    if init != "none":
-        tag_dir = init_path(init)   # a run/tag directory, or a released MAE / timm / ViTPose file
-        if (tag_dir / engine.META_FILE).is_file():
-            meta = checkpoints.read_checkpoint_meta(tag_dir)
-            if meta["stage"] not in ("pretrain", STAGE):
-                raise CheckpointError(f"--init {tag_dir} is a {meta['stage']} checkpoint of {meta['model']}: "
-                                      "fine-tuning starts from a pre-training (or pose) checkpoint")
-        frozen_init = FrozenAttentionNet(pose.encoder) if use_ar else None
-        report = load_pretrained(pose, tag_dir, frozen=frozen_init)
-        frozen = frozen_init
-        run.log({"event": "init", "checkpoint": str(tag_dir), "report": str(report)})
-    elif run.dist.is_main:
-        run.log({"event": "init", "checkpoint": None})
-
+    frozen = _initialise(run, pose, init, use_ar)
     if freeze_encoder:   # a probe of the pre-trained features: only the heatmap head learns
         pose.encoder.requires_grad_(False)
 
@@ -187,7 +166,57 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
     except ValueError as e:
         raise ConfigError(f"fine-tuning data: {e}") from None
     weight_decay = run.ds_config["optimizer"]["params"].get("weight_decay", 0.0)
+    step = pose_step(frozen, input_size=input_size, depth_range_mm=depth_range_mm, sigma=sigma, use_ar=use_ar,
+                     lambda_ar=lambda_ar, ar_reduction=ar_reduction, grad_norms=grad_norms)
 
+    def figure(module, batches, at_step):
+        figures = {"pose": pose_figure(module, batches["source"], input_size, depth_range_mm)}
+        attention_images = batches["target"]["image"] if use_ar else batches["source"]["image"]
+        if frozen is not None:
+            frozen.to(next(module.parameters()).device, next(module.parameters()).dtype)
+        figures["attention"] = attention_figure(module, frozen, attention_images)
+        return figures
+
+    groups = engine.param_groups(pose, weight_decay, layer_decay)
+    return engine.fit(run, pose, loaders, step, groups, figure)
+
+
+def _check_options(*, target, init: str, use_ar: bool, freeze_encoder: bool, input_size: int, patch_size: int) -> None:
+    if use_ar and target is None:
+        raise ConfigError("the attention regulariser needs --target shards (or pass --no-ar / --source-only)")
+    if use_ar and init == "none":
+        raise ConfigError("--init none has no pre-trained encoder to copy into the frozen attention network: "
+                          "pass --no-ar (or --source-only) to train from scratch")
+    if freeze_encoder and use_ar:
+        raise ConfigError("--freeze-encoder trains the head alone; the attention regulariser acts on the encoder: "
+                          "pass --no-ar (or --source-only)")
+    if input_size % patch_size:
+        raise ConfigError(f"--input-size {input_size} is not a multiple of the patch size {patch_size}")
+
+
+def _initialise(run: engine.Run, pose: PoseModel, init: str, use_ar: bool) -> FrozenAttentionNet | None:
+    """Load --init into `pose` (and, with the regulariser, into the frozen attention network A,
+    which is returned); `init` "none" leaves the model at its random initialisation."""
+    if init == "none":
+        if run.dist.is_main:
+            run.log({"event": "init", "checkpoint": None})
+        return None
+    tag_dir = init_path(init)   # a run/tag directory, or a released MAE / timm / ViTPose file
+    if (tag_dir / checkpoints.META_FILE).is_file():
+        meta = checkpoints.read_checkpoint_meta(tag_dir)
+        if meta["stage"] not in ("pretrain", STAGE):
+            raise CheckpointError(f"--init {tag_dir} is a {meta['stage']} checkpoint of {meta['model']}: "
+                                  "fine-tuning starts from a pre-training (or pose) checkpoint")
+    frozen = FrozenAttentionNet(pose.encoder) if use_ar else None
+    report = load_pretrained(pose, tag_dir, frozen=frozen)
+    run.log({"event": "init", "checkpoint": str(tag_dir), "report": str(report)})
+    return frozen
+
+
+def pose_step(frozen: FrozenAttentionNet | None, *, input_size: int, depth_range_mm: float, sigma: float,
+              use_ar: bool, lambda_ar: float, ar_reduction: str, grad_norms: bool):
+    """The step_fn of engine.fit: Eq. 7's loss on a source batch (and a target batch with the
+    regulariser)."""
     def step(model_engine, batches):
         b = batches["source"]
         heatmaps = model_engine(engine.model_inputs(model_engine, b["image"]))
@@ -209,17 +238,7 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
                 metrics.update(encoder_gradient_norms(model_engine.module.encoder, again, lambda_ar * l_ar))
         keys = list(b["key"]) + (list(batches["target"]["key"]) if use_ar else [])
         return StepOutput(finetune_loss(l_pose, l_ar, lambda_ar), metrics, keys)
-
-    def figure(module, batches, at_step):
-        figures = {"pose": pose_figure(module, batches["source"], input_size, depth_range_mm)}
-        attention_images = batches["target"]["image"] if use_ar else batches["source"]["image"]
-        if frozen is not None:
-            frozen.to(next(module.parameters()).device, next(module.parameters()).dtype)
-        figures["attention"] = attention_figure(module, frozen, attention_images)
-        return figures
-
-    groups = engine.param_groups(pose, weight_decay, layer_decay)
-    return engine.fit(run, pose, loaders, step, groups, figure)
+    return step
 
 
 @click.command(STAGE)

@@ -36,8 +36,9 @@ from shards.reader import iter_samples, read_manifest
 from shards.schema import EXT_IMAGE, EXT_MASK, SampleError, encode_png
 from shards.writer import ShardWriter
 from trainer import checkpoints, engine
-from trainer.engine import ConfigError
-from trainer.checkpoints import CheckpointError, read_module_state_dict
+from trainer.errors import ConfigError
+from trainer.checkpoints import read_module_state_dict
+from trainer.errors import CheckpointError
 from trainer.segnet import prepare_images
 from trainer.unet import UNet, predict_masks
 

@@ -49,6 +49,8 @@ from pathlib import Path
 
 import torch
 
+from trainer.checkpoints import checkpoint_tag_dir, read_module_state_dict
+from trainer.errors import CheckpointError
 from trainer.vit import sincos_pos_embed_2d
 
 # Checkpoint keys of the released formats that nothing here uses, by prefix.
@@ -90,7 +92,6 @@ def is_sincos(pos_embed: torch.Tensor, grid) -> bool:
 
 
 def _load_file(path: str) -> dict:
-    from trainer.checkpoints import CheckpointError
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint file at {path}")
     try:
@@ -121,10 +122,8 @@ def _kind(pos: torch.Tensor, grid) -> str:
 
 def read_checkpoint(path) -> Converted:
     """Read any supported checkpoint into our key layout (see the module docstring)."""
-    from trainer.checkpoints import CheckpointError, read_module_state_dict
     where = os.fspath(path)
     if os.path.isdir(where):   # a run directory, its checkpoints/ or a tag directory
-        from trainer.checkpoints import checkpoint_tag_dir
         tag_dir = str(checkpoint_tag_dir(where))
         return Converted(tag_dir, "posemae", read_module_state_dict(tag_dir))
     raw, wrapper = _unwrap(_load_file(where))
@@ -185,7 +184,6 @@ def _from_vitpose(where: str, raw: dict) -> Converted:
         else:
             out.state[f"encoder.{name}"] = value
     if not any(k.startswith("encoder.blocks.") for k in out.state):
-        from trainer.checkpoints import CheckpointError
         raise CheckpointError(f"{where} has backbone.* keys but no ViT blocks (backbone.blocks.N.*): "
                               "not a ViTPose checkpoint")
     if out.pos_embed is not None:
@@ -201,7 +199,6 @@ def _from_vitpose(where: str, raw: dict) -> Converted:
 def init_path(init) -> Path:
     """--init as a path: a run directory or its checkpoints/ -> the latest tag directory; a file
     (a released checkpoint, or a .pt) as it is. A missing path is one clear error naming it."""
-    from trainer.checkpoints import checkpoint_tag_dir
     path = Path(init)
     if path.is_file():
         return path

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trainer.checkpoints import CheckpointError, checkpoint_tag_dir, read_checkpoint_meta, read_module_state_dict
+from trainer.checkpoints import checkpoint_tag_dir, read_checkpoint_meta, read_module_state_dict
+from trainer.errors import CheckpointError
 from trainer.vit import ViTEncoder, sincos_pos_embed_2d
 
 LAMBDA_AR = {"hand": 100.0, "body": 10.0}

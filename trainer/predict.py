@@ -54,7 +54,7 @@ from shards.device import cuda_available
 from shards.pipelines.augment import IMAGENET_MEAN, IMAGENET_STD
 from shards.schema import JOINT_ORDERS, SampleError
 from trainer import engine
-from trainer.engine import ConfigError
+from trainer.errors import ConfigError
 from trainer.heatmaps import decode_heatmaps
 from trainer.reconstruct import backproject, voxels_to_input_px
 

@@ -42,7 +42,8 @@ from shards.pipelines import pretrain_loader
 from shards.pipelines.shardset import ShardSet
 from shards.schema import SampleError
 from trainer import engine
-from trainer.engine import ConfigError, StepOutput
+from trainer.engine import StepOutput
+from trainer.errors import ConfigError
 from trainer.mae import MaskedAutoencoder
 from trainer.pose import load_mae_init
 from trainer.report import attention_colours

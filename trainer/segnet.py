@@ -31,7 +31,8 @@ from shards.pipelines.augment import IMAGENET_MEAN, IMAGENET_STD
 from shards.reader import iter_samples, list_shards
 from shards.schema import SampleError
 from trainer import engine
-from trainer.engine import ConfigError, StepOutput
+from trainer.engine import StepOutput
+from trainer.errors import ConfigError
 from trainer.unet import UNet, mask_iou, predict_masks, segnet_loss
 
 STAGE = "segnet"

@@ -13,6 +13,7 @@ SCRIPT = """
 import socket
 import shards.device as device
 import trainer.engine as engine
+import trainer.engine.distributed as distributed
 busy = socket.socket()
 busy.bind(("127.0.0.1", 0))
 busy.listen()
@@ -20,7 +21,7 @@ taken = busy.getsockname()[1]
 ports = iter([taken])
 real = device.free_port
 device.free_port = lambda: next(ports, None) or real()     # the first pick is a port in use
-engine.free_port = device.free_port
+distributed.free_port = device.free_port
 dist = engine.init_distributed()
 import os, torch
 print("world", dist.world_size, "retried", os.environ["MASTER_PORT"] != str(taken), torch.distributed.is_initialized())

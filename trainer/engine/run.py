@@ -1,0 +1,160 @@
+"""A run: its settings, distributed world, DeepSpeed config and run directory (config.json,
+metrics.jsonl), and the checks that a --resume continues the same run."""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shards.device import cuda_available
+from shards.files import atomic_write_json
+from trainer.checkpoints import CHECKPOINTS, META_FILE, latest_tag
+from trainer.errors import ConfigError
+
+from .config import REPO_ROOT, add_monitors, read_ds_config
+from .distributed import Dist, init_distributed
+from .options import TrainSettings
+
+
+# Options that may change between a run and its --resume: they steer bookkeeping, not the maths.
+# run_dir too: a run moved to a disk with room (after a full one) continues where it is now.
+RESUMABLE_OPTIONS = {"resume", "max_steps", "log_every", "figure_every", "checkpoint_every", "keep_checkpoints",
+                     "log_keys", "wandb", "run_dir", "skip_bad_samples", "dist_timeout"}
+
+
+def log_images(run, images: dict, step: int) -> None:
+    """Figures (PIL images) into TensorBoard beside DeepSpeed's scalars (same directory, same
+    x-axis: samples seen) and, with --wandb, into W&B. Rank 0 calls it, as it makes the figures.
+    A writer per call: figures are rare, and a killed run loses none that were written."""
+    tb = run.ds_config.get("tensorboard", {})
+    if tb.get("enabled"):
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(Path(tb["output_path"]) / tb["job_name"]))
+        try:
+            for name, image in images.items():
+                writer.add_image(f"Figures/{name}", np.asarray(image.convert("RGB")), step, dataformats="HWC")
+        finally:
+            writer.close()
+    if run.ds_config.get("wandb", {}).get("enabled"):
+        import wandb
+        if wandb.run is not None:   # DeepSpeed's W&B monitor started it on rank 0
+            wandb.log({f"Figures/{name}": wandb.Image(image) for name, image in images.items()}, step=step)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor                        # scalar, what backward() runs on
+    metrics: dict = field(default_factory=dict)   # name -> float/tensor, averaged over the step
+    keys: list = field(default_factory=list)  # sample keys of the batch (named on a NaN)
+
+
+@dataclass
+class Run:
+    stage: str
+    settings: TrainSettings
+    options: dict
+    model_signature: dict
+    dist: Dist
+    ds_config: dict
+    resume_tag: str | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.settings.run_dir
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.settings.run_dir / CHECKPOINTS
+
+    @property
+    def micro_batch(self) -> int:
+        return self.ds_config["train_micro_batch_size_per_gpu"]
+
+    @property
+    def accumulation(self) -> int:
+        return self.ds_config["gradient_accumulation_steps"]
+
+    def log(self, record: dict) -> None:
+        """Append one line to metrics.jsonl (rank 0)."""
+        if self.dist.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"time": round(time.time(), 3), **record}, default=str) + "\n")
+
+
+def _comparable(options: dict) -> dict:
+    return {k: v for k, v in json.loads(json.dumps(options, default=str)).items() if k not in RESUMABLE_OPTIONS}
+
+
+def start_run(stage: str, settings: TrainSettings, options: dict, model_signature: dict) -> Run:
+    """Distributed start-up, the checked DeepSpeed config and the run directory. Fresh runs
+    write config.json; --resume checks the checkpoint and the options against the run's own."""
+    dist = init_distributed(settings.dist_timeout)
+    ds_config = add_monitors(read_ds_config(settings.ds_config, dist.world_size), settings.run_dir, settings.wandb)
+    all_options = {**options, **asdict(settings)}
+    run = Run(stage, settings, all_options, model_signature, dist, ds_config)
+    tag = latest_tag(run.checkpoint_dir)
+    if tag is not None and not settings.resume:
+        raise ConfigError(f"{run.checkpoint_dir} already holds checkpoints (latest {tag}): pass --resume "
+                          "to continue that run, or choose another --run-dir")
+    if tag is not None:
+        meta_path = run.checkpoint_dir / tag / META_FILE
+        if not meta_path.is_file():
+            raise ConfigError(f"{meta_path} missing: {run.checkpoint_dir / tag} was not written by these trainers")
+        meta = json.loads(meta_path.read_text())
+        if meta["stage"] != stage or meta["model"] != model_signature:
+            raise ConfigError(f"checkpoint {run.checkpoint_dir / tag} is a {meta['stage']} checkpoint of "
+                              f"{meta['model']}; this run builds a {stage} model {model_signature}")
+        if meta["world_size"] != dist.world_size:
+            raise ConfigError(f"checkpoint {run.checkpoint_dir / tag} was written by {meta['world_size']} ranks; "
+                              f"resume it with the same number (now {dist.world_size}): each rank's data "
+                              "position is part of it")
+        recorded = json.loads((settings.run_dir / "config.json").read_text())
+        was, now = _comparable(recorded["options"]), _comparable(all_options)
+        changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+        if changed:
+            raise ConfigError(f"--resume of {settings.run_dir} with other options than the run's config.json: "
+                              + ", ".join(f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in changed))
+        run.resume_tag = tag
+    elif dist.is_main:
+        from trainer.report import code_version
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("metrics.jsonl",):  # a fresh run in a directory without checkpoints
+            (settings.run_dir / stale).unlink(missing_ok=True)
+        atomic_write_json(settings.run_dir / "config.json", {
+            "stage": stage, "options": all_options, "model": model_signature, "ds_config": ds_config,
+            "world_size": dist.world_size, "code_version": code_version(REPO_ROOT),
+            "command": sys.argv, "torch": torch.__version__, "deepspeed": _deepspeed_version(),
+            "device": "cuda" if cuda_available() else "cpu"}, default=str)
+    torch.distributed.barrier()
+    return run
+
+
+def _deepspeed_version() -> str:
+    import deepspeed
+    return deepspeed.__version__
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def resume_hint(run: Run) -> str:
+    latest = latest_tag(run.checkpoint_dir)
+    if latest is None:
+        return "No checkpoint was written yet: start the run again"
+    return f"The last complete checkpoint is {run.checkpoint_dir / latest}: continue with --resume"
+
+
+def finish_wandb(run: Run) -> None:
+    """DeepSpeed's W&B monitor opens the run and never closes it: close it here, or the offline
+    file can end before the logged records reach it (wandb writes from a service process)."""
+    if run.ds_config.get("wandb", {}).get("enabled"):
+        import wandb
+        if wandb.run is not None:
+            wandb.finish()
