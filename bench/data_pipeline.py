@@ -296,6 +296,109 @@ def stage_measure(stage, paths, batch_size, threads, batches) -> tuple[float, fl
     return result
 
 
+# -- the global-order reader against the webdataset reader ------------------------------------
+READERS = ["reader_webdataset", "reader_ordered"]
+
+
+def reader_pipeline(kind: str, paths, batch_size: int, threads: int):
+    """The pre-training graph's source stream up to its colour stage (decode image + mask, one
+    4-channel warp, colour jitter folded into the normalisation), plus the sample key, read by
+    `kind`: "webdataset" is today's fn.readers.webdataset (shuffled; DALI's random operators draw
+    the augmentation), "ordered" the global order (shards.ordered_source: an external source whose
+    `threads` spawned workers read each sample's bytes at its .idx offsets; the augmentation drawn
+    from the sample's stream position). The graph after the reader is the same."""
+    from nvidia.dali import fn, pipeline_def
+    from shards.device import cuda_available
+    from shards.order import BatchPlan, Catalog, GlobalOrder
+    from shards.ordered_source import (AUGMENT_DRAWS, RankSource, colour_normalisation_drawn, crop_to_input_drawn,
+                                       ordered_reader, worker_kwargs)
+    from shards.pipelines.augment import Augment, colour_normalisation, crop_to_input, with_mask_channel
+    from shards.pipelines.shardset import ShardSet
+    from shards.pipelines.steps import decode_image, image_size, mask_or_zeros, normalise, reader, sample_key, warp
+    gpu, augment = cuda_available(), Augment()
+    extra, source, src = {}, None, None
+    if kind == "ordered":
+        catalog = Catalog.of(paths["source"], ["jpg", "mask.png"])
+        source = RankSource(catalog, GlobalOrder(len(catalog), 0, "source"), BatchPlan(batch_size, 1, batch_size),
+                            rank=0, draws=AUGMENT_DRAWS)
+        extra = worker_kwargs(threads)
+    else:
+        src = ShardSet.at(paths["source"])
+
+    @pipeline_def(enable_conditionals=True, batch_size=batch_size, num_threads=threads,
+                  device_id=0 if gpu else None, prefetch_queue_depth=2, **extra)
+    def graph():
+        if kind == "ordered":
+            jpg, png, key, _, u = ordered_reader(source)
+        else:
+            jpg, png = reader(src, ["jpg", "mask.png"], name="source", rank=0, world_size=1, seed=0, shuffle=True)
+            key = sample_key(jpg)
+        hw = image_size(jpg)
+        image = decode_image(jpg, gpu)
+        mask, _ = mask_or_zeros(png, hw)
+        mask = mask.gpu() if gpu else mask
+        if kind == "ordered":
+            matrix, (mean, std) = crop_to_input_drawn(hw, INPUT, augment, u), colour_normalisation_drawn(augment, u)
+        else:
+            matrix, (mean, std) = crop_to_input(hw, INPUT, augment, seed=1), colour_normalisation(augment, seed=1)
+        both = warp(fn.cat(image, mask, axis=2), matrix, INPUT, gpu)
+        return normalise(both, *with_mask_channel(mean, std)), key
+    return graph()
+
+
+def reader_measure(kind, paths, batch_size, threads, batches) -> tuple[float, float]:
+    """(samples/s, CPU ms per sample over this process and its reader workers)."""
+    import psutil
+    pipe = reader_pipeline(kind, paths, batch_size, threads)
+    pipe.build()
+    pipe.run()                                                   # workers started, first batch out
+    pids = [c.pid for c in psutil.Process().children(recursive=True)]
+    cpu, t = time.process_time() + sum(map(_cpu_seconds, pids)), time.perf_counter()
+    for _ in range(batches):
+        pipe.run()
+    wall = time.perf_counter() - t
+    cpu = time.process_time() + sum(map(_cpu_seconds, pids)) - cpu
+    del pipe
+    return batches * batch_size / wall, 1e3 * cpu / (batches * batch_size)
+
+
+def readers_only(args, batch: int, workers: int) -> None:
+    """--readers: the two readers alone, interleaved rounds, to bench/results/data_pipeline_readers.json."""
+    sizes = (384, 192, 96) if args.quick else (1536, 768, 384)
+    rounds, batches = (3, 8) if args.quick else (5, 16)
+    rate, cpu_ms = {k: [] for k in READERS}, {k: [] for k in READERS}
+    with tempfile.TemporaryDirectory(prefix="bench_readers_") as tmp:
+        paths = make_data(Path(tmp), *sizes)
+        for r in range(rounds):
+            for name in READERS:
+                samples_s, ms = reader_measure(name.split("_", 1)[1], paths, batch, workers, batches)
+                rate[name].append(samples_s)
+                cpu_ms[name].append(ms)
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {rate[k][-1]:.0f}/s {cpu_ms[k][-1]:.2f} ms"
+                                                         for k in READERS), flush=True)
+    med_rate = {k: statistics.median(v) for k, v in rate.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu_ms.items()}
+    # per round too: a round's two rows ran back to back, under the same load
+    per_round = [o / w for o, w in zip(rate["reader_ordered"], rate["reader_webdataset"])]
+    result = {"machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0]},
+              "settings": {"batch_size": batch, "input_size": INPUT, "threads_and_workers": workers,
+                           "rounds": rounds, "batches_per_measurement": batches, "source_samples": sizes[0],
+                           "quick": args.quick},
+              "samples_per_s": med_rate, "cpu_ms_per_sample": med_cpu,
+              "rounds": {"samples_per_s": rate, "cpu_ms_per_sample": cpu_ms},
+              "ordered_vs_webdataset": {"samples_per_s": med_rate["reader_ordered"] / med_rate["reader_webdataset"],
+                                        "median_of_round_ratios": statistics.median(per_round),
+                                        "cpu_time": med_cpu["reader_webdataset"] / med_cpu["reader_ordered"]}}
+    write_results("data_pipeline_readers", args.quick, result)
+    ratio = result["ordered_vs_webdataset"]
+    print(f"\nsource stream to the colour stage, batch {batch}, {workers} DALI threads (+ {workers} reader workers "
+          f"for the ordered one), {os.cpu_count()} cores")
+    for name in READERS:
+        print(f"  {name:20s}{med_rate[name]:8.0f} samples/s{med_cpu[name]:8.2f} CPU ms/sample")
+    print(f"  ordered / webdataset: {ratio['samples_per_s']:.3f}x samples/s (median of per-round ratios "
+          f"{ratio['median_of_round_ratios']:.3f}x), CPU time {ratio['cpu_time']:.3f}x")
+
+
 # -- memory (own process, so the peak is the loader's alone) ----------------------------------
 def memory_probe(paths, batch_size, threads, epochs) -> dict:
     from shards.pipelines import pretrain_loader
@@ -326,6 +429,8 @@ def main():
                          "min(8, cores) with a GPU)")
     ap.add_argument("--batch-size", type=int, default=None, help="default 64 (CPU), 256 (GPU)")
     ap.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    ap.add_argument("--readers", action="store_true", help="only the global-order reader against the webdataset "
+                    "reader (bench/results/data_pipeline_readers.json)")
     args = ap.parse_args()
     from shards.device import cuda_available
     gpu = cuda_available()
@@ -333,6 +438,9 @@ def main():
     workers = args.workers or min(8 if gpu else 2, os.cpu_count() or 1)
     if args.memory_probe:
         print(json.dumps(memory_probe(json.loads(args.memory_probe), batch, workers, 5)))
+        return
+    if args.readers:
+        readers_only(args, batch, workers)
         return
     sizes = (384, 192, 96) if args.quick else (1536, 768, 384)
     rounds, batches = (1, 8) if args.quick else (3, 16)
