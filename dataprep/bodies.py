@@ -1,5 +1,5 @@
-"""What the body converters share: joint tables (SMPL-24 -> h36m17, left/right flips), the
-forward-direction side check, and the crop around a body with its stored sample.
+"""What the body converters share: joint tables (SMPL-24 -> h36m17, left/right flips) and the
+crop around a body with its stored sample.
 
 Joint orders (docs/datasets.md):
 h36m17   0 pelvis, 1 r_hip, 2 r_knee, 3 r_ankle, 4 l_hip, 5 l_knee, 6 l_ankle, 7 spine, 8 thorax,
@@ -58,13 +58,6 @@ def smpl24_to_h36m17(j24: np.ndarray) -> np.ndarray:
     out[..., 9, :] = j24[..., 15, :]
     out[..., 10, :] = 2.0 * j24[..., 15, :] - j24[..., 12, :]
     return out
-
-
-def forward_direction(j17: np.ndarray) -> np.ndarray:
-    """Unit vector the body faces: cross(thorax - pelvis, r_hip - l_hip). A left/right swap
-    (or a mirror) turns it around, so it checks sides geometrically."""
-    f = np.cross(j17[8] - j17[0], j17[1] - j17[4])
-    return f / np.linalg.norm(f)
 
 
 def crop_sample(crop: Crop, key: str, image: np.ndarray, joints: np.ndarray, uv: np.ndarray, camera,

@@ -56,7 +56,9 @@ def check_array(a, shape: tuple, what: str, file, sample: str | None) -> np.ndar
     except (TypeError, ValueError) as e:
         raise SampleError(f"{what} is not numeric: {e}", file=str(file), sample=sample) from None
     if a.shape != shape:
-        raise SampleError(f"{what} has shape {a.shape}, expected {shape}", file=str(file), sample=sample)
+        found = f"{a.size} values, expected {shape[0]}" if len(shape) == 1 and a.ndim == 1 else \
+            f"shape {a.shape}, expected {shape}"
+        raise SampleError(f"{what} has {found}", file=str(file), sample=sample)
     if not np.all(np.isfinite(a)):
         raise SampleError(f"{what} has NaN/inf", file=str(file), sample=sample)
     return a

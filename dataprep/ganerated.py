@@ -29,7 +29,7 @@ import numpy as np
 
 from shards.schema import Sample, SampleError
 
-from .common import convert_split, crop_around, load_rgb
+from .common import check_array, convert_split, crop_around, load_rgb
 from .options import comma_list, conversion_options, driver_kwargs
 
 SUBSETS = ("noObject", "withObject")
@@ -47,14 +47,10 @@ def read_floats(path: Path, count: int, sample: str) -> np.ndarray:
     except FileNotFoundError:
         raise SampleError(f"{path.name} missing", file=str(path), sample=sample) from None
     try:
-        values = np.array([float(x) for x in re.split(r"[,\s]+", text.strip()) if x], dtype=np.float64)
+        values = [float(x) for x in re.split(r"[,\s]+", text.strip()) if x]
     except ValueError as e:
         raise SampleError(f"malformed {path.name}: {e}", file=str(path), sample=sample) from None
-    if values.size != count:
-        raise SampleError(f"{path.name} has {values.size} values, expected {count}", file=str(path), sample=sample)
-    if not np.all(np.isfinite(values)):
-        raise SampleError(f"{path.name} contains NaN/inf", file=str(path), sample=sample)
-    return values
+    return check_array(values, (count,), path.name, path, sample)
 
 
 def frame_key(frame: str) -> str:

@@ -96,12 +96,6 @@ def invert_affine(affine) -> np.ndarray:
     return np.concatenate([inv, -np.einsum("bij,bj->bi", inv, a[:, :, 2])[:, :, None]], axis=2)
 
 
-def resize_affine(crop_size: float, input_size: float) -> np.ndarray:
-    """(2, 3) crop_to_input affine of a plain resize of the whole square crop to the input."""
-    s = input_size / crop_size
-    return np.array([[s, 0.0, 0.0], [0.0, s, 0.0]])
-
-
 # -- voxels <-> input pixels ----------------------------------------------------------------
 def voxels_to_input_px(uvz_vox, volume: HeatmapVolume) -> tuple[np.ndarray, np.ndarray]:
     """(B, K, 3) voxel coordinates -> ((B, K, 2) input pixels, (B, K) root-relative depth mm)."""

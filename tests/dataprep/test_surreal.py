@@ -7,7 +7,7 @@ import scipy.io
 from click.testing import CliRunner
 
 from shards.camera import project
-from dataprep.bodies import H36M17_FLIP, SMPL_FLIP, forward_direction, smpl24_to_h36m17
+from dataprep.bodies import H36M17_FLIP, SMPL_FLIP, smpl24_to_h36m17
 from dataprep.cli import cli
 from dataprep.surreal import surreal_camera
 from shards import iter_samples, read_manifest
@@ -93,6 +93,13 @@ def write_surreal(root, clips=CLIPS, **kw):
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def forward_direction(j17: np.ndarray) -> np.ndarray:
+    """Unit vector the body faces: cross(thorax - pelvis, r_hip - l_hip). A left/right swap
+    (or a mirror) turns it around, so it checks sides geometrically."""
+    f = np.cross(j17[8] - j17[0], j17[1] - j17[4])
+    return f / np.linalg.norm(f)
 
 
 def test_surreal_mirrored_camera_sides_and_masks(tmp_path):
@@ -200,7 +207,7 @@ def test_surreal_bad_input_names_file_and_sample(tmp_path):
 
 
 def test_side_check_and_flip_tables():
-    """bodies.forward_direction follows the facing; a side swap or a mirror turns it around, and
+    """forward_direction follows the facing; a side swap or a mirror turns it around, and
     the SMPL and h36m17 flip tables agree with each other."""
     axes = body_axes(35.0)
     named = place(axes, (0.0, 0.0, 4000.0))

@@ -9,7 +9,7 @@ from dataprep.common import Crop, crop_around
 from shards.schema import project as project_one
 from trainer.metrics import epe, pa_mpjpe
 from trainer.reconstruct import (HeatmapVolume, apply_affine, backproject, camera_to_voxels, invert_affine,
-                                 input_px_to_voxels, reconstruct, resize_affine, unmirror, voxels_to_input_px)
+                                 input_px_to_voxels, reconstruct, unmirror, voxels_to_input_px)
 
 
 def hands(batch, seed=0):
@@ -28,6 +28,12 @@ def augmentation_affine(rng, batch, crop_size=288, input_size=256):
         t = np.array([input_size / 2, input_size / 2]) + rng.uniform(-15, 15, 2) - lin @ [crop_size / 2, crop_size / 2]
         out.append(np.concatenate([lin, t[:, None]], 1))
     return np.stack(out)
+
+
+def resize_affine(crop_size: float, input_size: float) -> np.ndarray:
+    """(2, 3) crop_to_input affine of a plain resize of the whole square crop to the input."""
+    s = input_size / crop_size
+    return np.array([[s, 0.0, 0.0], [0.0, s, 0.0]])
 
 
 def test_forward_then_back_reconstructs_within_half_a_millimetre():
