@@ -8,6 +8,7 @@ import multiprocessing as mp
 import pickle
 import random
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -167,6 +168,12 @@ def load_pickle(path, encoding: str = "latin1"):
 class ConversionError(RuntimeError):
     """A conversion stopped on a bad input item (without --skip-bad): the message names the file
     and sample. Complete shards are kept, and a rerun resumes after them."""
+
+
+def warn_on_stderr(message: str) -> None:
+    """The convert functions' default `warn`: a dataset part they pass over (a missing subject, an
+    empty split) is worth a line, not an error. The CLI passes click's echo instead."""
+    print(message, file=sys.stderr)
 
 
 SKIPPED = "skipped.jsonl"    # one line per skipped item, beside manifest.json

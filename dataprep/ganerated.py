@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -29,8 +30,8 @@ import numpy as np
 
 from shards.schema import Sample, SampleError
 
-from .common import check_array, convert_split, crop_around, load_rgb
-from .options import comma_list, conversion_options, driver_kwargs
+from .common import DEFAULT_CONTEXT, DEFAULT_CROP_SIZE, ConversionError, check_array, convert_split, crop_around, load_rgb
+from .options import bad_parameter, comma_list, conversion_options, driver_kwargs
 
 SUBSETS = ("noObject", "withObject")
 # Original camera (640x480) of the released data; the crop camera is derived from it per frame.
@@ -97,6 +98,16 @@ def make_samples(item, *, data_root: Path, split: str, side: str, crop_size: int
     )
 
 
+@dataclass
+class Frames:
+    """What a scan of the release found: the data folder, the complete frames
+    ('<subset>/<partition>/<id>') and the incomplete ones with the txt files they lack."""
+    data_root: Path
+    subsets: list[str]
+    complete: list[str]
+    incomplete: list[dict]
+
+
 def list_frames(data_root: Path, subsets: list[str]) -> tuple[list[str], list[dict]]:
     """Complete frames ('<subset>/<partition>/<id>') and incomplete ones with what they lack."""
     complete, incomplete = [], []
@@ -111,8 +122,58 @@ def list_frames(data_root: Path, subsets: list[str]) -> tuple[list[str], list[di
     return complete, incomplete
 
 
+def find_frames(src_root: Path, subsets=SUBSETS) -> Frames:
+    """Scan GANeratedHands_Release (or its data/ folder) for the frames of `subsets`. ValueError
+    for an unknown subset, ConversionError when a subset folder or every complete frame is
+    missing."""
+    wanted = list(subsets)
+    bad = set(wanted) - set(SUBSETS)
+    if bad:
+        raise ValueError(f"unknown subsets {sorted(bad)}; choose from {SUBSETS}")
+    data_root = src_root / "data" if (src_root / "data").is_dir() else src_root
+    missing = [s for s in wanted if not (data_root / s).is_dir()]
+    if missing:
+        raise ConversionError(f"{[str(data_root / s) for s in missing]} not found (expected GANeratedHands_Release/data/<subset>)")
+    complete, incomplete = list_frames(data_root, wanted)
+    if not complete:
+        raise ConversionError(f"no complete frames (*{IMAGE_SUFFIX} with their txt files) under {data_root}")
+    return Frames(data_root, wanted, complete, incomplete)
+
+
 def partition_of(frame: str) -> str:
     return frame.rsplit("/", 1)[0]
+
+
+def convert(src_root: Path, out_dir: Path, split: str, *, subsets=SUBSETS, test_fraction: float = 0.0,
+            holdout_seed: int = 0, hand_side: str = "left", max_2d_disagreement: float = 2.0,
+            crop_size: int = DEFAULT_CROP_SIZE, context: float = DEFAULT_CONTEXT, frames: Frames | None = None,
+            **driver) -> dict:
+    """One split of GANerated Hands at `src_root` -> shards in `out_dir`; returns the manifest.
+
+    There is no official split: "test" is the partitions `held_out` by `test_fraction` and
+    `holdout_seed`, "train" the rest. `frames`: find_frames' scan, to scan the release once for
+    both splits (default: scan `subsets` here). `driver`: convert_split's options."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}")
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction {test_fraction} is not in [0, 1]")
+    frames = frames if frames is not None else find_frames(src_root, subsets)
+
+    def in_split(frame: str) -> bool:
+        return held_out(partition_of(frame), test_fraction, holdout_seed) == (split == "test")
+
+    items = [f for f in frames.complete if in_split(f)]
+    make = functools.partial(make_samples, data_root=frames.data_root, split=split, side=hand_side, crop_size=crop_size,
+                             context=context, max_2d_disagreement=max_2d_disagreement)
+    return convert_split(items, make, out_dir, desc=f"ganerated/{split}",
+                         manifest_extra={"dataset": "ganerated", "split": split, "joint_order": "hand21",
+                                         "subsets": frames.subsets, "test_fraction": test_fraction,
+                                         "holdout_seed": holdout_seed, "holdout_unit": "partition",
+                                         "partitions": sorted({partition_of(f) for f in items}),
+                                         "hand_side": hand_side, "max_2d_disagreement": max_2d_disagreement,
+                                         "incomplete_frames": [x for x in frames.incomplete if in_split(x["frame"])],
+                                         "crop_size": crop_size, "context": context},
+                         **driver)
 
 
 @click.command("ganerated")
@@ -132,37 +193,13 @@ def cli(src_root, out_dir, subsets, test_fraction, holdout_seed, hand_side, max_
     """GANerated Hands (GANeratedHands_Release) -> OUT_DIR/train/ (and OUT_DIR/test/ with --test-fraction).
 
     hand21, camera-frame millimetres, crop intrinsics from crop_params, left hands mirrored."""
-    wanted = comma_list(subsets)
-    bad = set(wanted) - set(SUBSETS)
-    if bad:
-        raise click.BadParameter(f"unknown subsets {sorted(bad)}; choose from {SUBSETS}", param_hint="--subsets")
-    data_root = src_root / "data" if (src_root / "data").is_dir() else src_root
-    missing = [s for s in wanted if not (data_root / s).is_dir()]
-    if missing:
-        raise click.ClickException(f"{[str(data_root / s) for s in missing]} not found (expected GANeratedHands_Release/data/<subset>)")
-    frames, incomplete = list_frames(data_root, wanted)
-    if not frames:
-        raise click.ClickException(f"no complete frames (*{IMAGE_SUFFIX} with their txt files) under {data_root}")
-    if incomplete:
-        click.echo(f"ganerated: {len(incomplete)} frames lack txt files and are left out (listed in manifest.json)", err=True)
-    splits = {"train": [], "test": []}
-    for f in frames:
-        splits["test" if held_out(partition_of(f), test_fraction, holdout_seed) else "train"].append(f)
-    for split, items in splits.items():
-        if split == "test" and test_fraction == 0.0:
-            continue
-        make = functools.partial(make_samples, data_root=data_root, split=split, side=hand_side, crop_size=crop_size,
-                                 context=context, max_2d_disagreement=max_2d_disagreement)
-        in_split = {partition_of(f) for f in items}
-        m = convert_split(items, make, out_dir / split, desc=f"ganerated/{split}",
-                          manifest_extra={"dataset": "ganerated", "split": split, "joint_order": "hand21",
-                                          "subsets": wanted, "test_fraction": test_fraction, "holdout_seed": holdout_seed,
-                                          "holdout_unit": "partition", "partitions": sorted(in_split),
-                                          "hand_side": hand_side, "max_2d_disagreement": max_2d_disagreement,
-                                          "incomplete_frames": [x for x in incomplete
-                                                                if held_out(partition_of(x["frame"]), test_fraction, holdout_seed)
-                                                                == (split == "test")],
-                                          "crop_size": crop_size, "context": context},
-                          **driver_kwargs(**kw))
+    with bad_parameter("--subsets"):
+        frames = find_frames(src_root, comma_list(subsets))
+    if frames.incomplete:
+        click.echo(f"ganerated: {len(frames.incomplete)} frames lack txt files and are left out (listed in manifest.json)", err=True)
+    for split in ("train", "test") if test_fraction > 0.0 else ("train",):
+        m = convert(src_root, out_dir / split, split, test_fraction=test_fraction, holdout_seed=holdout_seed,
+                    hand_side=hand_side, max_2d_disagreement=max_2d_disagreement, crop_size=crop_size,
+                    context=context, frames=frames, **driver_kwargs(**kw))
         click.echo(f"ganerated/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped, "
                    f"{len(m['incomplete_frames'])} incomplete frames")

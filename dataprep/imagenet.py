@@ -21,7 +21,7 @@ from PIL import Image
 
 from shards.schema import Sample, SampleError
 
-from .common import DEFAULT_CONTEXT, convert_split
+from .common import DEFAULT_CONTEXT, DEFAULT_CROP_SIZE, ConversionError, convert_split
 from .options import conversion_options, driver_kwargs
 
 EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -75,6 +75,22 @@ def make_samples(item, *, root: Path, size: int, center_crop: bool):
     )
 
 
+def convert(src_root: Path, out_dir: Path, *, shorter_side: int = DEFAULT_CROP_SIZE, center_crop: bool = False,
+            **driver) -> dict:
+    """The ILSVRC2012 validation folder at `src_root` (flat or per-WNID) -> background shards in
+    `out_dir` (the one split, train); returns the manifest. Each image is resized so its shorter
+    side is `shorter_side` (and cut to the centred square with `center_crop`). `driver`:
+    convert_split's options. ConversionError when there are no images."""
+    items, layout = list_images(src_root)
+    if not items:
+        raise ConversionError(f"no images ({', '.join(EXTENSIONS)}) in {src_root} or its class folders")
+    make = functools.partial(make_samples, root=src_root, size=shorter_side, center_crop=center_crop)
+    return convert_split(items, make, out_dir, desc="imagenet/train",
+                         manifest_extra={"dataset": "imagenet", "split": "train", "joint_order": "none",
+                                         "layout": layout, "shorter_side": shorter_side, "center_crop": center_crop},
+                         **driver)
+
+
 @click.command("imagenet")
 @click.argument("src_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -86,12 +102,5 @@ def cli(src_root, out_dir, center_crop, crop_size, context, **kw):
     --crop-size is the stored shorter side; images only (joint order 'none')."""
     if context != DEFAULT_CONTEXT:
         raise click.BadParameter("backgrounds are not cropped around joints", param_hint="--context")
-    items, layout = list_images(src_root)
-    if not items:
-        raise click.ClickException(f"no images ({', '.join(EXTENSIONS)}) in {src_root} or its class folders")
-    make = functools.partial(make_samples, root=src_root, size=crop_size, center_crop=center_crop)
-    m = convert_split(items, make, out_dir / "train", desc="imagenet/train",
-                      manifest_extra={"dataset": "imagenet", "split": "train", "joint_order": "none",
-                                      "layout": layout, "shorter_side": crop_size, "center_crop": center_crop},
-                      **driver_kwargs(**kw))
+    m = convert(src_root, out_dir / "train", shorter_side=crop_size, center_crop=center_crop, **driver_kwargs(**kw))
     click.echo(f"imagenet/train: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

@@ -2,6 +2,7 @@
 driver's and the SMPL mesh's errors turned into click's."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -24,6 +25,21 @@ def checked_splits(text: str | None, known) -> list[str]:
         if split not in known:
             raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
     return splits
+
+
+@contextlib.contextmanager
+def bad_parameter(param_hint: str | None):
+    """A ValueError the library raises for an option's value becomes click's usage error naming
+    that option (`param_hint`; None names no option)."""
+    try:
+        yield
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=param_hint) from None
+
+
+def echo_warning(message: str) -> None:
+    """The `warn` the commands hand to the convert functions: one line on stderr."""
+    click.echo(message, err=True)
 
 
 def conversion_options(f):

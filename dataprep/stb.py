@@ -23,8 +23,8 @@ from scipy.spatial.transform import Rotation
 from shards.camera import project
 from shards.schema import Sample, SampleError
 
-from .common import convert_split, crop_around, load_rgb
-from .options import checked_splits, comma_list, conversion_options, driver_kwargs
+from .common import DEFAULT_CONTEXT, DEFAULT_CROP_SIZE, ConversionError, convert_split, crop_around, load_rgb
+from .options import bad_parameter, checked_splits, comma_list, conversion_options, driver_kwargs
 
 # hand21[j] = stb[PERM[j]]; STB: palm, little MCP..tip, ring, middle, index, thumb.
 PERM = np.array([0, 17, 18, 19, 20, 13, 14, 15, 16, 9, 10, 11, 12, 5, 6, 7, 8, 1, 2, 3, 4])
@@ -46,6 +46,7 @@ VIEWS = {
     "bb_right": ("BB_right", "BB", BB_INTRINSICS),
 }
 KINDS = ("Counting", "Random")
+DEFAULT_SEQUENCES = {"train": ["B2", "B3", "B4", "B5", "B6"], "test": ["B1"]}   # the literature split
 WRIST_REFS = {"ring_mcp": 13, "middle_mcp": 9}   # hand21 index of the joint the wrist is extrapolated from
 
 
@@ -120,21 +121,23 @@ def make_samples(item, *, root: Path, split: str, image_dirs: dict, label_files:
     )
 
 
-def expand_sequences(spec: str, option: str) -> list[str]:
-    """'B2,B3' -> B2Counting, B2Random, B3Counting, B3Random; full names pass through."""
+def expand_sequences(spec) -> list[str]:
+    """'B2,B3' (or ['B2', 'B3']) -> B2Counting, B2Random, B3Counting, B3Random; full names pass
+    through. ValueError for anything else."""
     seqs = []
-    for s in comma_list(spec):
+    for s in comma_list(spec) if isinstance(spec, str) else list(spec):
         if s.endswith(KINDS):
             seqs.append(s)
         elif len(s) == 2 and s[0] == "B" and s[1] in "123456":
             seqs += [s + kind for kind in KINDS]
         else:
-            raise click.BadParameter(f"{s!r} is neither B1..B6 nor a sequence like B1Counting", param_hint=option)
+            raise ValueError(f"{s!r} is neither B1..B6 nor a sequence like B1Counting")
     return seqs
 
 
 def parse_frames(spec: str | None) -> tuple[int, int | None, int]:
-    """'START:STOP[:STEP]' -> (start, stop, step); None -> every frame (stop None)."""
+    """'START:STOP[:STEP]' -> (start, stop, step); None -> every frame (stop None). ValueError
+    for anything else."""
     if spec is None:
         return 0, None, 1
     try:
@@ -142,9 +145,16 @@ def parse_frames(spec: str | None) -> tuple[int, int | None, int]:
     except ValueError:
         parts = []
     if len(parts) not in (2, 3) or parts[0] < 0 or parts[1] <= parts[0] or (len(parts) == 3 and parts[2] < 1):
-        raise click.BadParameter(f"{spec!r} is not START:STOP[:STEP] with 0 <= START < STOP, STEP >= 1",
-                                 param_hint="--frames")
+        raise ValueError(f"{spec!r} is not START:STOP[:STEP] with 0 <= START < STOP, STEP >= 1")
     return parts[0], parts[1], parts[2] if len(parts) == 3 else 1
+
+
+def check_views(views) -> list[str]:
+    view_list = list(views)
+    bad = set(view_list) - set(VIEWS)
+    if bad or not view_list:
+        raise ValueError(f"unknown views {sorted(bad)}; choose from {sorted(VIEWS)}")
+    return view_list
 
 
 def image_dir(root: Path, seq: str) -> Path:
@@ -152,7 +162,47 @@ def image_dir(root: Path, seq: str) -> Path:
     for d in (root / "images" / seq, root / seq):
         if d.is_dir():
             return d
-    raise click.ClickException(f"image folder for {seq} missing: neither {root / 'images' / seq} nor {root / seq} exists")
+    raise ConversionError(f"image folder for {seq} missing: neither {root / 'images' / seq} nor {root / seq} exists")
+
+
+def convert(src_root: Path, out_dir: Path, split: str, *, sequences=None, views=("sk",), frames: str | None = None,
+            root_kind: str = "palm", wrist_ref: str = "ring_mcp", wrist_factor: float = 2.0,
+            crop_size: int = DEFAULT_CROP_SIZE, context: float = DEFAULT_CONTEXT, **driver) -> dict:
+    """One split of STB at `src_root` -> shards in `out_dir`; returns the manifest.
+
+    `sequences`: names or B1..B6 (default: the literature split, train B2-B6, test B1); `views`:
+    of VIEWS; `frames`: 'START:STOP[:STEP]' per sequence (default every frame). `driver`:
+    convert_split's options (workers, limit, skip_bad, ...). Raises ValueError for a bad option,
+    SampleError for an unreadable label file, ConversionError for a layout that does not fit."""
+    if split not in DEFAULT_SEQUENCES:
+        raise ValueError(f"unknown split {split!r}")
+    view_list = check_views(views)
+    start, stop, step = parse_frames(frames)
+    seqs = expand_sequences(DEFAULT_SEQUENCES[split] if sequences is None else sequences)
+    image_dirs, label_files, joints, items = {}, {}, {}, []
+    for seq in seqs:
+        image_dirs[seq] = image_dir(src_root, seq)
+        for view in view_list:
+            suffix = VIEWS[view][1]
+            path = src_root / "labels" / f"{seq}_{suffix}.mat"
+            para = load_hand_para(path)
+            label_files[(seq, suffix)] = path
+            joints[(seq, view)] = camera_joints(para, view)
+            n_frames = para.shape[2]
+            if stop is not None and stop > n_frames:
+                raise ConversionError(f"--frames {frames} goes past the {n_frames} frames of handPara in {path}")
+            items += [(seq, view, f) for f in range(start, n_frames if stop is None else stop, step)]
+    make = functools.partial(make_samples, root=src_root, split=split, image_dirs=image_dirs,
+                             label_files=label_files, joints=joints, root_kind=root_kind, wrist_ref=wrist_ref,
+                             wrist_factor=wrist_factor, crop_size=crop_size, context=context)
+    return convert_split(items, make, out_dir, desc=f"stb/{split}", item_key=functools.partial(sample_key, split),
+                         manifest_extra={"dataset": "stb", "split": split, "joint_order": "hand21",
+                                         "sequences": seqs, "views": view_list, "frames": frames,
+                                         "root_kind": root_kind,
+                                         "wrist_extrapolation": {"from": wrist_ref, "factor": wrist_factor}
+                                         if root_kind == "wrist" else None,
+                                         "left_hands": "mirrored to right", "crop_size": crop_size, "context": context},
+                         **driver)
 
 
 @click.command("stb")
@@ -175,38 +225,17 @@ def cli(src_root, out_dir, splits, train_seqs, test_seqs, frames, views, root_ki
 
     Joints in hand21 order (index 0 = palm centre unless --root wrist), millimetres, in the
     camera of each image; left hands mirrored to right; no masks."""
-    view_list = comma_list(views)
-    bad = set(view_list) - set(VIEWS)
-    if bad or not view_list:
-        raise click.BadParameter(f"unknown views {sorted(bad)}; choose from {sorted(VIEWS)}", param_hint="--views")
-    start, stop, step = parse_frames(frames)
-    seqs_of = {"train": expand_sequences(train_seqs, "--train-seqs"), "test": expand_sequences(test_seqs, "--test-seqs")}
+    # Every option is checked before the first split is written.
+    with bad_parameter("--views"):
+        view_list = check_views(comma_list(views))
+    with bad_parameter("--frames"):
+        parse_frames(frames)
+    seqs_of = {}
+    for split, spec, option in (("train", train_seqs, "--train-seqs"), ("test", test_seqs, "--test-seqs")):
+        with bad_parameter(option):
+            seqs_of[split] = expand_sequences(spec)
     for split in checked_splits(splits, seqs_of):
-        image_dirs, label_files, joints, items = {}, {}, {}, []
-        for seq in seqs_of[split]:
-            image_dirs[seq] = image_dir(src_root, seq)
-            for view in view_list:
-                suffix = VIEWS[view][1]
-                path = src_root / "labels" / f"{seq}_{suffix}.mat"
-                try:
-                    para = load_hand_para(path)
-                except SampleError as e:
-                    raise click.ClickException(str(e))
-                label_files[(seq, suffix)] = path
-                joints[(seq, view)] = camera_joints(para, view)
-                n_frames = para.shape[2]
-                if stop is not None and stop > n_frames:
-                    raise click.ClickException(f"--frames {frames} goes past the {n_frames} frames of handPara in {path}")
-                items += [(seq, view, f) for f in range(start, n_frames if stop is None else stop, step)]
-        make = functools.partial(make_samples, root=src_root, split=split, image_dirs=image_dirs,
-                                 label_files=label_files, joints=joints, root_kind=root_kind, wrist_ref=wrist_ref,
-                                 wrist_factor=wrist_factor, crop_size=crop_size, context=context)
-        m = convert_split(items, make, out_dir / split, desc=f"stb/{split}", item_key=functools.partial(sample_key, split),
-                          manifest_extra={"dataset": "stb", "split": split, "joint_order": "hand21",
-                                          "sequences": seqs_of[split], "views": view_list, "frames": frames,
-                                          "root_kind": root_kind,
-                                          "wrist_extrapolation": {"from": wrist_ref, "factor": wrist_factor}
-                                          if root_kind == "wrist" else None,
-                                          "left_hands": "mirrored to right", "crop_size": crop_size, "context": context},
-                          **driver_kwargs(**kw))
+        m = convert(src_root, out_dir / split, split, sequences=seqs_of[split], views=view_list, frames=frames,
+                    root_kind=root_kind, wrist_ref=wrist_ref, wrist_factor=wrist_factor, crop_size=crop_size,
+                    context=context, **driver_kwargs(**kw))
         click.echo(f"stb/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")
