@@ -33,6 +33,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import click
 import numpy as np
@@ -40,8 +41,9 @@ import numpy as np
 from shards.camera import project
 from shards.schema import Sample, SampleError
 
-from .common import convert_split, crop_around, key_part, load_rgb
-from .options import comma_list, conversion_options, driver_kwargs
+from .common import (DEFAULT_CONTEXT, DEFAULT_CROP_SIZE, ConversionError, convert_split, crop_around, key_part, load_rgb,
+                     warn_on_stderr)
+from .options import bad_parameter, comma_list, conversion_options, driver_kwargs, echo_warning
 from .lens import undistorted_crop
 
 # Range-of-motion sequences Monocular Total Capture held out; everything else is train.
@@ -252,11 +254,11 @@ def find_sequences(root: Path, wanted: list[str]) -> list[str]:
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / f"calibration_{p.name}.json").exists())
     if not wanted:
         if not found:
-            raise click.ClickException(f"no <seq>/calibration_<seq>.json under {root}")
+            raise ConversionError(f"no <seq>/calibration_<seq>.json under {root}")
         return found
     missing = [s for s in wanted if s not in found]
     if missing:
-        raise click.ClickException(f"sequences {missing} have no {root}/<seq>/calibration_<seq>.json")
+        raise ConversionError(f"sequences {missing} have no {root}/<seq>/calibration_<seq>.json")
     return wanted
 
 
@@ -267,6 +269,70 @@ def hand_frames(seq_dir: Path) -> list[int]:
         if m:
             frames.append(int(m.group(1)))
     return frames
+
+
+@dataclass
+class Dome:
+    """The sequences read and, per sequence, the HD cameras used and their calibration."""
+    sequences: list[str]
+    cameras: dict[str, list[str]]
+    calibration: dict[str, dict[str, Camera]]
+
+
+def load_dome(src_root: Path, sequences=None, cameras=None) -> Dome:
+    """Sequences (default: every <seq>/calibration_<seq>.json) and HD cameras (default: each one
+    with an hdImgs/<cam> folder) under `src_root`. SampleError for an unreadable calibration,
+    ConversionError for a sequence or camera that is not there."""
+    seqs = find_sequences(src_root, list(sequences or []))
+    wanted_cams = list(cameras or [])
+    calib, cams_used = {}, {}
+    for seq in seqs:
+        hd = load_calibration(src_root / seq / f"calibration_{seq}.json")
+        if wanted_cams:
+            unknown = [c for c in wanted_cams if c not in hd]
+            if unknown:
+                raise ConversionError(f"{seq}: cameras {unknown} are not HD cameras of calibration_{seq}.json")
+            cams_used[seq] = wanted_cams
+        else:
+            cams_used[seq] = [c for c in sorted(hd) if (src_root / seq / "hdImgs" / c).is_dir()]
+        calib[seq] = {c: hd[c] for c in cams_used[seq]}
+    return Dome(seqs, cams_used, calib)
+
+
+def convert(src_root: Path, out_dir: Path, split: str, *, sequences=None, test_sequences=TEST_SEQUENCES,
+            cameras=None, min_score: float = 0.2, max_repro_error: float = 10.0,
+            crop_size: int = DEFAULT_CROP_SIZE, context: float = DEFAULT_CONTEXT, dome: Dome | None = None,
+            warn: Callable[[str], None] = warn_on_stderr, **driver) -> dict | None:
+    """One split of the Panoptic dome's 3D hands at `src_root` -> shards in `out_dir`; returns the
+    manifest, or None when no sequence falls in the split (nothing is written).
+
+    "test" is the sequences in `test_sequences`, "train" the rest of `sequences`; `cameras`: HD
+    camera names (default every one with images). `dome`: load_dome's result, to read the
+    calibrations once for both splits. A sequence without hand frames or cameras is passed to
+    `warn`. `driver`: convert_split's options."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}")
+    dome = dome if dome is not None else load_dome(src_root, sequences, cameras)
+    test_seqs = list(test_sequences)
+    split_seqs = [s for s in dome.sequences if (s in test_seqs) == (split == "test")]
+    if not split_seqs:
+        return None
+    items = []
+    for seq in split_seqs:
+        frames = hand_frames(src_root / seq)
+        if not frames or not dome.cameras[seq]:
+            warn(f"panoptic/{split}: warning: {seq} has {len(frames)} hdHand3d frames and "
+                 f"{len(dome.cameras[seq])} HD cameras with hdImgs")
+        items += [(seq, frame, cam) for frame in frames for cam in dome.cameras[seq]]
+    make = functools.partial(make_samples, root=src_root, split=split, cameras=dome.calibration, crop_size=crop_size,
+                             context=context, min_score=min_score, max_repro_error=max_repro_error)
+    return convert_split(items, make, out_dir, desc=f"panoptic/{split}", item_key=functools.partial(view_key_of, split),
+                         manifest_extra={"dataset": "panoptic", "split": split, "joint_order": "hand21",
+                                         "sequences": split_seqs, "test_sequences": test_seqs,
+                                         "cameras": {s: dome.cameras[s] for s in split_seqs},
+                                         "min_score": min_score, "max_repro_error": max_repro_error,
+                                         "undistorted": True, "crop_size": crop_size, "context": context},
+                         **driver)
 
 
 @click.command("panoptic")
@@ -287,47 +353,17 @@ def cli(src_root, out_dir, splits, sequences, test_sequences, cameras, min_score
 
     hand21, camera-frame millimetres, undistorted crops with exact pinhole intrinsics, left
     hands mirrored to right."""
-    test_seqs = comma_list(test_sequences)
-    seqs = find_sequences(src_root, comma_list(sequences))
-    wanted_cams = comma_list(cameras)
-    calib, cams_used = {}, {}
-    for seq in seqs:
-        try:
-            hd = load_calibration(src_root / seq / f"calibration_{seq}.json")
-        except SampleError as e:
-            raise click.ClickException(str(e))
-        if wanted_cams:
-            unknown = [c for c in wanted_cams if c not in hd]
-            if unknown:
-                raise click.ClickException(f"{seq}: cameras {unknown} are not HD cameras of calibration_{seq}.json")
-            cams_used[seq] = wanted_cams
-        else:
-            cams_used[seq] = [c for c in sorted(hd) if (src_root / seq / "hdImgs" / c).is_dir()]
-        calib[seq] = {c: hd[c] for c in cams_used[seq]}
+    dome = load_dome(src_root, comma_list(sequences), comma_list(cameras))
     for split in comma_list(splits):
         if split not in ("train", "test"):
             raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
-        split_seqs = [s for s in seqs if (s in test_seqs) == (split == "test")]
-        if not split_seqs:
+        m = convert(src_root, out_dir / split, split, test_sequences=comma_list(test_sequences), min_score=min_score,
+                    max_repro_error=max_repro_error, crop_size=crop_size, context=context, dome=dome,
+                    warn=echo_warning, **driver_kwargs(**kw))
+        if m is None:
             click.echo(f"panoptic/{split}: no sequences, nothing written")
-            continue
-        items = []
-        for seq in split_seqs:
-            frames = hand_frames(src_root / seq)
-            if not frames or not cams_used[seq]:
-                click.echo(f"panoptic/{split}: warning: {seq} has {len(frames)} hdHand3d frames and "
-                           f"{len(cams_used[seq])} HD cameras with hdImgs", err=True)
-            items += [(seq, frame, cam) for frame in frames for cam in cams_used[seq]]
-        make = functools.partial(make_samples, root=src_root, split=split, cameras=calib, crop_size=crop_size,
-                                 context=context, min_score=min_score, max_repro_error=max_repro_error)
-        m = convert_split(items, make, out_dir / split, desc=f"panoptic/{split}", item_key=functools.partial(view_key_of, split),
-                          manifest_extra={"dataset": "panoptic", "split": split, "joint_order": "hand21",
-                                          "sequences": split_seqs, "test_sequences": test_seqs,
-                                          "cameras": {s: cams_used[s] for s in split_seqs},
-                                          "min_score": min_score, "max_repro_error": max_repro_error,
-                                          "undistorted": True, "crop_size": crop_size, "context": context},
-                          **driver_kwargs(**kw))
-        click.echo(f"panoptic/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")
+        else:
+            click.echo(f"panoptic/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")
 
 
 # -- the 2D-only hand_labels sets ------------------------------------------------------------
@@ -413,6 +449,51 @@ def set_present(root: Path, set_name: str) -> bool:
     return (root / {**MANUAL_SETS, **SYNTH_SETS}[set_name]).is_dir()
 
 
+DEFAULT_2D_SETS = {"train": ["manual_train", "panopticdb"], "test": ["manual_test"]}
+
+
+def check_2d_sets(sets) -> list[str]:
+    sets = list(sets)
+    unknown = [s for s in sets if s not in ALL_2D_SETS]
+    if unknown:
+        raise ValueError(f"unknown sets {unknown}; choose from {ALL_2D_SETS}")
+    return sets
+
+
+def convert_2d(src_root: Path, out_dir: Path, split: str, *, sets=None, panopticdb_side: str = "right",
+               crop_size: int = DEFAULT_CROP_SIZE, context: float = DEFAULT_CONTEXT, **driver) -> dict:
+    """One split of the 2D-only hand_labels sets at `src_root` -> shards in `out_dir`; returns the
+    manifest. `sets`: of ALL_2D_SETS (default DEFAULT_2D_SETS[split]); `panopticdb_side`: the
+    side assumed for panopticdb, whose JSON has none. `driver`: convert_split's options.
+    ValueError for an unknown set, ConversionError for a missing one or two files giving the same
+    sample key, SampleError for an unreadable panopticdb JSON."""
+    if split not in DEFAULT_2D_SETS:
+        raise ValueError(f"unknown split {split!r}")
+    sets = check_2d_sets(DEFAULT_2D_SETS[split] if sets is None else sets)
+    missing = [s for s in sets if not set_present(src_root, s)]
+    if missing:
+        raise ConversionError(f"sets {missing} not found under {src_root} (expected the released "
+                              "hand_labels/, hand_labels_synth/, hand143_panopticdb/ folders)")
+    items, panopticdb, keys = [], [], {}
+    for set_name in sets:
+        set_items, entries = list_2d_items(src_root, set_name)
+        for s, ref in set_items:   # keys are made from file names: catch collisions up front
+            if s != "panopticdb":
+                k = (s, key_part(Path(ref).stem))
+                if k in keys:
+                    raise ConversionError(f"{ref} and {keys[k]} give the same sample key")
+                keys[k] = ref
+        items += set_items
+        panopticdb = entries or panopticdb
+    make = functools.partial(make_samples_2d, root=src_root, split=split, panopticdb=panopticdb,
+                             panopticdb_side=panopticdb_side, crop_size=crop_size, context=context)
+    return convert_split(items, make, out_dir, desc=f"panoptic-2d/{split}", item_key=functools.partial(key_2d, split),
+                         manifest_extra={"dataset": "panoptic_hand_labels", "split": split, "joint_order": "hand21",
+                                         "sets": sets, "has_3d": False, "panopticdb_side": panopticdb_side,
+                                         "crop_size": crop_size, "context": context},
+                         **driver)
+
+
 @click.command("panoptic-2d")
 @click.argument("src_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -432,32 +513,8 @@ def cli_2d(src_root, out_dir, splits, train_sets, test_sets, panopticdb_side, cr
     for split in comma_list(splits):
         if split not in sets:
             raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
-        unknown = [s for s in sets[split] if s not in ALL_2D_SETS]
-        if unknown:
-            raise click.BadParameter(f"unknown sets {unknown}; choose from {ALL_2D_SETS}")
-        missing = [s for s in sets[split] if not set_present(src_root, s)]
-        if missing:
-            raise click.ClickException(f"sets {missing} not found under {src_root} (expected the released "
-                                       "hand_labels/, hand_labels_synth/, hand143_panopticdb/ folders)")
-        items, panopticdb, keys = [], [], {}
-        for set_name in sets[split]:
-            try:
-                set_items, entries = list_2d_items(src_root, set_name)
-            except SampleError as e:
-                raise click.ClickException(str(e))
-            for s, ref in set_items:   # keys are made from file names: catch collisions up front
-                if s != "panopticdb":
-                    k = (s, key_part(Path(ref).stem))
-                    if k in keys:
-                        raise click.ClickException(f"{ref} and {keys[k]} give the same sample key")
-                    keys[k] = ref
-            items += set_items
-            panopticdb = entries or panopticdb
-        make = functools.partial(make_samples_2d, root=src_root, split=split, panopticdb=panopticdb,
-                                 panopticdb_side=panopticdb_side, crop_size=crop_size, context=context)
-        m = convert_split(items, make, out_dir / split, desc=f"panoptic-2d/{split}", item_key=functools.partial(key_2d, split),
-                          manifest_extra={"dataset": "panoptic_hand_labels", "split": split, "joint_order": "hand21",
-                                          "sets": sets[split], "has_3d": False, "panopticdb_side": panopticdb_side,
-                                          "crop_size": crop_size, "context": context},
-                          **driver_kwargs(**kw))
+        with bad_parameter(None):
+            check_2d_sets(sets[split])
+        m = convert_2d(src_root, out_dir / split, split, sets=sets[split], panopticdb_side=panopticdb_side,
+                       crop_size=crop_size, context=context, **driver_kwargs(**kw))
         click.echo(f"panoptic-2d/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")
