@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
+from typing import Callable
 
 import click
 import numpy as np
@@ -33,8 +34,8 @@ from shards.schema import SampleError
 from .bodies import body_crop, crop_sample, in_front
 from .fitting import fit_intrinsics
 from .matlab import load_mat_v5, mat73_dataset, open_mat73
-from .common import check_array, convert_split, load_rgb
-from .options import comma_list, conversion_options, driver_kwargs
+from .common import DEFAULT_CONTEXT, DEFAULT_CROP_SIZE, check_array, convert_split, load_rgb, warn_on_stderr
+from .options import bad_parameter, comma_list, conversion_options, driver_kwargs, echo_warning
 from .video import video_frames
 
 # h36m17[j] = mpi28[MPI28_TO_H36M17[j]] (28: spine3, spine4, spine2, spine, pelvis, neck, head, head_top,
@@ -188,6 +189,83 @@ def make_samples_testset(item, *, root: Path, sequences: dict, annot3_key: str, 
     )
 
 
+def check_strides(train_stride: int, frames_per_item: int) -> None:
+    if train_stride < 1 or frames_per_item < 1:
+        raise ValueError("--train-stride and --frames-per-item must be at least 1")
+
+
+def train_work(src_root: Path, subjects, cameras: list[int], train_stride: int, frames_per_item: int,
+               annot3_key: str) -> tuple[dict, dict, list, list]:
+    """The training sequences of `subjects`: annotations, calibrations, work items (one chunk of
+    frames_per_item kept frames of one camera's video each) and the sequence names."""
+    annots, calib, items, seqs = {}, {}, [], []
+    for subject in subjects:
+        for seq_dir in sorted(p for p in (src_root / subject).glob("Seq*") if re.fullmatch(r"Seq\d+", p.name)):
+            calib_seq = read_calibration(seq_dir / "camera.calibration")
+            missing = [c for c in cameras if c not in calib_seq]
+            if missing:
+                raise SampleError(f"cameras {missing} not in the calibration", file=str(seq_dir / "camera.calibration"))
+            annots[(subject, seq_dir.name)] = load_train_sequence(seq_dir, cameras, annot3_key)
+            calib[(subject, seq_dir.name)] = calib_seq
+            seqs.append(f"{subject}/{seq_dir.name}")
+            span = train_stride * frames_per_item
+            for cam in cameras:
+                n = len(annots[(subject, seq_dir.name)][cam])
+                items += [(subject, seq_dir.name, cam, first, min(first + span, n)) for first in range(0, n, span)]
+    return annots, calib, items, seqs
+
+
+def convert(src_root: Path, out_dir: Path, split: str, *, subjects=TRAIN_SUBJECTS, cameras=TRAIN_CAMERAS,
+            train_stride: int = 10, frames_per_item: int = 16, test_sequences=TEST_SEQUENCES,
+            annot3_key: str = "annot3", masks: bool = True, crop_size: int = DEFAULT_CROP_SIZE,
+            context: float = DEFAULT_CONTEXT, warn: Callable[[str], None] = warn_on_stderr, **driver) -> dict | None:
+    """One split of MPI-INF-3DHP at `src_root` -> shards in `out_dir`; returns the manifest, or None
+    when the split has nothing to convert (nothing is written).
+
+    "train": every `train_stride`-th video frame of `subjects` x `cameras` (ints), FGmasks crops
+    with `masks`. "test": the valid frames of `test_sequences` (one not found is passed to
+    `warn`), intrinsics fitted per sequence. `annot3_key`: annot3 or univ_annot3. `driver`:
+    convert_split's options. ValueError for a bad option, SampleError for an unreadable file."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}")
+    if annot3_key not in ANNOT3_KEYS:
+        raise ValueError(f"unknown annot3 key {annot3_key!r}; choose from {ANNOT3_KEYS}")
+    check_strides(train_stride, frames_per_item)
+    if split == "train":
+        cameras = [int(c) for c in cameras]
+        annots, calib, items, seqs = train_work(src_root, subjects, cameras, train_stride, frames_per_item, annot3_key)
+        if not items:
+            return None
+        make = functools.partial(make_samples_train, root=src_root, stride=train_stride, annots=annots, calib=calib,
+                                 annot3_key=annot3_key, use_masks=masks, crop_size=crop_size, context=context)
+        extra = {"sequences": seqs, "cameras": cameras, "stride": train_stride, "frames_per_item": frames_per_item,
+                 "joint_map": f"mpi28 -> h36m17 {MPI28_TO_H36M17.tolist()}", "intrinsics": "camera.calibration",
+                 "masks": "FGmasks R channel >= 128 when present" if masks else "off"}
+    else:
+        root = testset_root(src_root)
+        sequences, items = {}, []
+        for ts in test_sequences:
+            if not (root / ts / "annot_data.mat").exists():
+                warn(f"mpi_inf_3dhp/test: warning: {root / ts / 'annot_data.mat'} not found")
+                continue
+            sequences[ts] = load_testset_sequence(root / ts, annot3_key)
+            items += [(ts, int(r)) for r in sequences[ts]["rows"]]
+        if not items:
+            return None
+        make = functools.partial(make_samples_testset, root=root, sequences=sequences, annot3_key=annot3_key,
+                                 crop_size=crop_size, context=context)
+        extra = {"sequences": sorted(sequences), "joint_map": f"test17 -> h36m17 {TEST17_TO_H36M17.tolist()}",
+                 "frames": "valid_frame only", "masks": "none in the test set",
+                 "intrinsics": "least squares fit of annot2 to the 3D annotation per sequence",
+                 "fitted_intrinsics": {ts: {"fx_fy_cx_cy": np.round(s["K"], 4).tolist(),
+                                            "max_residual_px": round(s["residual_px"], 4)} for ts, s in sequences.items()}}
+    return convert_split(items, make, out_dir, desc=f"mpi_inf_3dhp/{split}",
+                         manifest_extra={"dataset": "mpi_inf_3dhp", "split": split, "joint_order": "h36m17",
+                                         "annot3": annot3_key, "joints2d": f"pinhole projection of {annot3_key}",
+                                         "crop_size": crop_size, "context": context, **extra},
+                         **driver)
+
+
 @click.command("mpi_inf_3dhp")
 @click.argument("src_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -213,62 +291,18 @@ def cli(src_root, out_dir, splits, subjects, cameras, train_stride, frames_per_i
         wanted_cams = [int(c) for c in comma_list(cameras)]
     except ValueError:
         raise click.BadParameter(f"{cameras!r} is not a comma list of numbers", param_hint="--cameras") from None
-    if train_stride < 1 or frames_per_item < 1:
-        raise click.BadParameter("--train-stride and --frames-per-item must be at least 1")
+    with bad_parameter(None):
+        check_strides(train_stride, frames_per_item)
     for split in comma_list(splits):
-        if split == "train":
-            annots, calib, items, seqs = {}, {}, [], []
-            for subject in comma_list(subjects):
-                for seq_dir in sorted(p for p in (src_root / subject).glob("Seq*") if re.fullmatch(r"Seq\d+", p.name)):
-                    try:
-                        calib_seq = read_calibration(seq_dir / "camera.calibration")
-                        missing = [c for c in wanted_cams if c not in calib_seq]
-                        if missing:
-                            raise SampleError(f"cameras {missing} not in the calibration", file=str(seq_dir / "camera.calibration"))
-                        annots[(subject, seq_dir.name)] = load_train_sequence(seq_dir, wanted_cams, annot3_key)
-                    except SampleError as e:
-                        raise click.ClickException(str(e))
-                    calib[(subject, seq_dir.name)] = calib_seq
-                    seqs.append(f"{subject}/{seq_dir.name}")
-                    span = train_stride * frames_per_item
-                    for cam in wanted_cams:
-                        n = len(annots[(subject, seq_dir.name)][cam])
-                        items += [(subject, seq_dir.name, cam, first, min(first + span, n)) for first in range(0, n, span)]
-            if not items:
-                click.echo(f"mpi_inf_3dhp/train: no S*/Seq*/annot.mat under {src_root}, nothing written", err=True)
-                continue
-            make = functools.partial(make_samples_train, root=src_root, stride=train_stride, annots=annots, calib=calib,
-                                     annot3_key=annot3_key, use_masks=masks, crop_size=crop_size, context=context)
-            extra = {"sequences": seqs, "cameras": wanted_cams, "stride": train_stride, "frames_per_item": frames_per_item,
-                     "joint_map": f"mpi28 -> h36m17 {MPI28_TO_H36M17.tolist()}", "intrinsics": "camera.calibration",
-                     "masks": "FGmasks R channel >= 128 when present" if masks else "off"}
-        elif split == "test":
-            root = testset_root(src_root)
-            sequences, items = {}, []
-            for ts in comma_list(test_sequences):
-                if not (root / ts / "annot_data.mat").exists():
-                    click.echo(f"mpi_inf_3dhp/test: warning: {root / ts / 'annot_data.mat'} not found", err=True)
-                    continue
-                try:
-                    sequences[ts] = load_testset_sequence(root / ts, annot3_key)
-                except SampleError as e:
-                    raise click.ClickException(str(e))
-                items += [(ts, int(r)) for r in sequences[ts]["rows"]]
-            if not items:
-                click.echo(f"mpi_inf_3dhp/test: no valid test frames under {root}, nothing written", err=True)
-                continue
-            make = functools.partial(make_samples_testset, root=root, sequences=sequences, annot3_key=annot3_key,
-                                     crop_size=crop_size, context=context)
-            extra = {"sequences": sorted(sequences), "joint_map": f"test17 -> h36m17 {TEST17_TO_H36M17.tolist()}",
-                     "frames": "valid_frame only", "masks": "none in the test set",
-                     "intrinsics": "least squares fit of annot2 to the 3D annotation per sequence",
-                     "fitted_intrinsics": {ts: {"fx_fy_cx_cy": np.round(s["K"], 4).tolist(),
-                                                "max_residual_px": round(s["residual_px"], 4)} for ts, s in sequences.items()}}
-        else:
+        if split not in ("train", "test"):
             raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
-        m = convert_split(items, make, out_dir / split, desc=f"mpi_inf_3dhp/{split}",
-                          manifest_extra={"dataset": "mpi_inf_3dhp", "split": split, "joint_order": "h36m17",
-                                          "annot3": annot3_key, "joints2d": f"pinhole projection of {annot3_key}",
-                                          "crop_size": crop_size, "context": context, **extra},
-                          **driver_kwargs(**kw))
+        m = convert(src_root, out_dir / split, split, subjects=comma_list(subjects), cameras=wanted_cams,
+                    train_stride=train_stride, frames_per_item=frames_per_item,
+                    test_sequences=comma_list(test_sequences), annot3_key=annot3_key, masks=masks,
+                    crop_size=crop_size, context=context, warn=echo_warning, **driver_kwargs(**kw))
+        if m is None:
+            where = f"no S*/Seq*/annot.mat under {src_root}" if split == "train" else \
+                f"no valid test frames under {testset_root(src_root)}"
+            click.echo(f"mpi_inf_3dhp/{split}: {where}, nothing written", err=True)
+            continue
         click.echo(f"mpi_inf_3dhp/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

@@ -25,9 +25,9 @@ from shards.camera import project
 from shards.schema import SampleError
 
 from .bodies import APPROXIMATED_H36M, body_crop, crop_sample, in_front, smpl24_to_h36m17
-from .common import check_array, convert_split, key_part, load_pickle, load_rgb
+from .common import DEFAULT_CONTEXT, DEFAULT_CROP_SIZE, check_array, convert_split, key_part, load_pickle, load_rgb
 from .options import checked_splits, conversion_options, driver_kwargs, mesh_from_click_options, mesh_options
-from .smpl import mesh_manifest
+from .smpl import MeshJoints, mesh_from_options, mesh_manifest
 
 SPLITS = {"train": "train", "val": "validation", "test": "test"}
 GENDERS = {"m": "male", "f": "female"}
@@ -129,6 +129,45 @@ def make_samples(item, *, root: Path, split: str, sequences: dict, require_poses
         )
 
 
+def convert(src_root: Path, out_dir: Path, split: str, *, require_poses2d: bool = False,
+            smpl_models: Path | None = None, h36m_regressor: Path | None = None, regressor_order: str = "spin",
+            smpl_gender: str = "gendered", max_fit_mm: float = 25.0, mesh: MeshJoints | None = None,
+            crop_size: int = DEFAULT_CROP_SIZE, context: float = DEFAULT_CONTEXT, **driver) -> dict | None:
+    """One split ("train", "val", "test") of 3DPW at `src_root` -> shards in `out_dir`; returns the
+    manifest, or None when the split has no sequence files (nothing is written).
+
+    h36m17 from the SMPL-24 subset, or with `smpl_models` and `h36m_regressor` from a regressor on
+    the SMPL mesh (smpl.mesh_from_options; pass its result as `mesh` to load the models once for
+    several splits). `driver`: convert_split's options. SampleError for an unreadable sequence
+    file; ValueError for options that do not go together."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}")
+    if mesh is None:
+        mesh = mesh_from_options(smpl_models, h36m_regressor, regressor_order, smpl_gender, max_fit_mm)
+    folder = SPLITS[split]
+    files = sorted((src_root / "sequenceFiles" / folder).glob("*.pkl"))
+    if not files:
+        return None
+    sequences, items = {}, []
+    for path in files:
+        seq = load_sequence(path, require_poses2d, mesh is not None)
+        keep = seq["valid"] & seq["has_2d"] if require_poses2d else seq["valid"]
+        sequences[(folder, path.stem)] = seq
+        items += [(folder, path.stem, int(f)) for f in np.nonzero(keep.any(axis=0))[0]]
+    make = functools.partial(make_samples, root=src_root, split=split, sequences=sequences,
+                             require_poses2d=require_poses2d, mesh=mesh, gender_mode=smpl_gender,
+                             crop_size=crop_size, context=context)
+    return convert_split(items, make, out_dir, desc=f"pw3d/{split}",
+                         manifest_extra={"dataset": "3dpw", "split": split, "joint_order": "h36m17",
+                                         "sequences": sorted(name for _, name in sequences),
+                                         "validity": "campose_valid" + (" and non-zero poses2d" if require_poses2d else ""),
+                                         "smpl_gender": smpl_gender if mesh else None,
+                                         **mesh_manifest(mesh, smpl_models, h36m_regressor, regressor_order),
+                                         "camera": "cam_intrinsics pinhole; cam_poses world -> camera",
+                                         "masks": "none in this dataset", "crop_size": crop_size, "context": context},
+                         **driver)
+
+
 @click.command("pw3d")
 @click.argument("src_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -146,30 +185,10 @@ def cli(src_root, out_dir, splits, require_poses2d, smpl_models, h36m_regressor,
     from the SMPL joints (documented subset) or an H36M regressor on the SMPL mesh."""
     mesh = mesh_from_click_options(smpl_models, h36m_regressor, regressor_order, smpl_gender, max_fit_mm)
     for split in checked_splits(splits, SPLITS):
-        folder = SPLITS[split]
-        files = sorted((src_root / "sequenceFiles" / folder).glob("*.pkl"))
-        if not files:
-            click.echo(f"pw3d/{split}: no {src_root}/sequenceFiles/{folder}/*.pkl, nothing written", err=True)
+        m = convert(src_root, out_dir / split, split, require_poses2d=require_poses2d, smpl_models=smpl_models,
+                    h36m_regressor=h36m_regressor, regressor_order=regressor_order, smpl_gender=smpl_gender,
+                    max_fit_mm=max_fit_mm, mesh=mesh, crop_size=crop_size, context=context, **driver_kwargs(**kw))
+        if m is None:
+            click.echo(f"pw3d/{split}: no {src_root}/sequenceFiles/{SPLITS[split]}/*.pkl, nothing written", err=True)
             continue
-        sequences, items = {}, []
-        for path in files:
-            try:
-                seq = load_sequence(path, require_poses2d, mesh is not None)
-            except SampleError as e:
-                raise click.ClickException(str(e))
-            keep = seq["valid"] & seq["has_2d"] if require_poses2d else seq["valid"]
-            sequences[(folder, path.stem)] = seq
-            items += [(folder, path.stem, int(f)) for f in np.nonzero(keep.any(axis=0))[0]]
-        make = functools.partial(make_samples, root=src_root, split=split, sequences=sequences,
-                                 require_poses2d=require_poses2d, mesh=mesh, gender_mode=smpl_gender,
-                                 crop_size=crop_size, context=context)
-        m = convert_split(items, make, out_dir / split, desc=f"pw3d/{split}",
-                          manifest_extra={"dataset": "3dpw", "split": split, "joint_order": "h36m17",
-                                          "sequences": sorted(name for _, name in sequences),
-                                          "validity": "campose_valid" + (" and non-zero poses2d" if require_poses2d else ""),
-                                          "smpl_gender": smpl_gender if mesh else None,
-                                          **mesh_manifest(mesh, smpl_models, h36m_regressor, regressor_order),
-                                          "camera": "cam_intrinsics pinhole; cam_poses world -> camera",
-                                          "masks": "none in this dataset", "crop_size": crop_size, "context": context},
-                          **driver_kwargs(**kw))
         click.echo(f"pw3d/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")

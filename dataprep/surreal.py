@@ -26,10 +26,10 @@ from shards.camera import project
 from shards.schema import SampleError
 
 from .bodies import APPROXIMATED_H36M, H36M17_FLIP, SMPL_FLIP, body_crop, crop_sample, in_front, smpl24_to_h36m17
-from .common import check_array, convert_split, key_part
+from .common import DEFAULT_CONTEXT, DEFAULT_CROP_SIZE, ConversionError, check_array, convert_split, key_part
 from .matlab import load_mat_v5
-from .options import checked_splits, comma_list, conversion_options, driver_kwargs, mesh_from_click_options, mesh_options
-from .smpl import mesh_manifest
+from .options import bad_parameter, checked_splits, comma_list, conversion_options, driver_kwargs, mesh_from_click_options, mesh_options
+from .smpl import MeshJoints, mesh_from_options, mesh_manifest
 from .video import video_frames
 
 SPLITS = ("train", "val", "test")
@@ -51,7 +51,7 @@ def find_cmu_root(src_root: Path) -> Path:
     for cand in (src_root / "SURREAL" / "data" / "cmu", src_root / "data" / "cmu", src_root / "cmu", src_root):
         if any((cand / s).is_dir() for s in SPLITS):
             return cand
-    raise click.ClickException(f"no SURREAL/data/cmu/{{train,val,test}} under {src_root}")
+    raise ConversionError(f"no SURREAL/data/cmu/{{train,val,test}} under {src_root}")
 
 
 def list_clips(cmu: Path, split: str, runs: list[str]) -> list[tuple]:
@@ -147,6 +147,59 @@ def make_samples(item, *, cmu: Path, stride: int, use_masks: bool, mesh, gender_
         )
 
 
+def check_runs(runs) -> list[str]:
+    run_list = list(runs)
+    bad = [r for r in run_list if not re.fullmatch(r"run\d+", r)]
+    if bad:
+        raise ValueError(f"unknown runs {bad}")
+    return run_list
+
+
+def check_stride(stride: int) -> int:
+    if stride < 1:
+        raise ValueError("must be at least 1")
+    return stride
+
+
+def convert(src_root: Path, out_dir: Path, split: str, *, runs=("run0", "run1", "run2"), stride: int = 10,
+            masks: bool = True, smpl_models: Path | None = None, h36m_regressor: Path | None = None,
+            regressor_order: str = "spin", smpl_gender: str = "gendered", max_fit_mm: float = 25.0,
+            mesh: MeshJoints | None = None, crop_size: int = DEFAULT_CROP_SIZE, context: float = DEFAULT_CONTEXT,
+            **driver) -> dict | None:
+    """One split ("train", "val", "test") of SURREAL's cmu clips under `src_root` (the folder
+    holding SURREAL/, SURREAL/ itself, or data/cmu/) -> shards in `out_dir`; returns the manifest,
+    or None when the split has no clips (nothing is written).
+
+    Every `stride`-th frame of each clip in `runs`; `masks` from _segm.mat when present. The
+    SMPL-24 -> h36m17 mapping as in pw3d.convert (`mesh`: mesh_from_options' result, to load the
+    models once). `driver`: convert_split's options. ValueError for a bad option,
+    ConversionError when there is no cmu folder."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}")
+    check_stride(stride)
+    run_list = check_runs(runs)
+    if mesh is None:
+        mesh = mesh_from_options(smpl_models, h36m_regressor, regressor_order, smpl_gender, max_fit_mm)
+    cmu = find_cmu_root(src_root)
+    items = list_clips(cmu, split, run_list)
+    if not items:
+        return None
+    make = functools.partial(make_samples, cmu=cmu, stride=stride, use_masks=masks, mesh=mesh,
+                             gender_mode=smpl_gender, crop_size=crop_size, context=context)
+    return convert_split(items, make, out_dir, desc=f"surreal/{split}",
+                         manifest_extra={"dataset": "surreal", "split": split, "joint_order": "h36m17", "runs": run_list,
+                                         "stride": stride, "clips": len(items),
+                                         "camera": {"K": [[FX, 0, CX], [0, FY, CY], [0, 0, 1]],
+                                                    "extrinsic": "R = diag(1,-1,-1) A^T, t = diag(1,-1,-1)(-A^T camLoc)",
+                                                    "det_R": -1},
+                                         "sides": "SMPL flip permutation applied before mapping (mirror camera)",
+                                         "smpl_gender": smpl_gender if mesh else None,
+                                         **mesh_manifest(mesh, smpl_models, h36m_regressor, regressor_order),
+                                         "masks": "_segm.mat > 0 when present" if masks else "off",
+                                         "crop_size": crop_size, "context": context},
+                         **driver)
+
+
 @click.command("surreal")
 @click.argument("src_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -162,31 +215,17 @@ def cli(src_root, out_dir, splits, runs, stride, masks, smpl_models, h36m_regres
 
     h36m17 in camera-frame millimetres with sides relabelled for the mirrored camera; masks from
     the part segmentation; SMPL-24 subset mapping by default, or an H36M regressor on the mesh."""
-    if stride < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--stride")
-    run_list = comma_list(runs)
-    bad = [r for r in run_list if not re.fullmatch(r"run\d+", r)]
-    if bad:
-        raise click.BadParameter(f"unknown runs {bad}", param_hint="--runs")
+    with bad_parameter("--stride"):
+        check_stride(stride)
+    with bad_parameter("--runs"):
+        run_list = check_runs(comma_list(runs))
     mesh = mesh_from_click_options(smpl_models, h36m_regressor, regressor_order, smpl_gender, max_fit_mm)
     cmu = find_cmu_root(src_root)
     for split in checked_splits(splits, SPLITS):
-        items = list_clips(cmu, split, run_list)
-        if not items:
+        m = convert(src_root, out_dir / split, split, runs=run_list, stride=stride, masks=masks, smpl_models=smpl_models,
+                    h36m_regressor=h36m_regressor, regressor_order=regressor_order, smpl_gender=smpl_gender,
+                    max_fit_mm=max_fit_mm, mesh=mesh, crop_size=crop_size, context=context, **driver_kwargs(**kw))
+        if m is None:
             click.echo(f"surreal/{split}: no clips under {cmu / split}, nothing written", err=True)
             continue
-        make = functools.partial(make_samples, cmu=cmu, stride=stride, use_masks=masks, mesh=mesh,
-                                 gender_mode=smpl_gender, crop_size=crop_size, context=context)
-        m = convert_split(items, make, out_dir / split, desc=f"surreal/{split}",
-                          manifest_extra={"dataset": "surreal", "split": split, "joint_order": "h36m17", "runs": run_list,
-                                          "stride": stride, "clips": len(items),
-                                          "camera": {"K": [[FX, 0, CX], [0, FY, CY], [0, 0, 1]],
-                                                     "extrinsic": "R = diag(1,-1,-1) A^T, t = diag(1,-1,-1)(-A^T camLoc)",
-                                                     "det_R": -1},
-                                          "sides": "SMPL flip permutation applied before mapping (mirror camera)",
-                                          "smpl_gender": smpl_gender if mesh else None,
-                                          **mesh_manifest(mesh, smpl_models, h36m_regressor, regressor_order),
-                                          "masks": "_segm.mat > 0 when present" if masks else "off",
-                                          "crop_size": crop_size, "context": context},
-                          **driver_kwargs(**kw))
         click.echo(f"surreal/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")
