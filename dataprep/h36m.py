@@ -35,6 +35,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cdflib
 import click
@@ -45,9 +46,9 @@ from shards.camera import project
 from shards.schema import SampleError
 
 from .bodies import body_crop, crop_sample, in_front
-from .common import check_array, convert_split, key_part, load_rgb
+from .common import DEFAULT_CONTEXT, DEFAULT_CROP_SIZE, ConversionError, check_array, convert_split, key_part, load_rgb, warn_on_stderr
 from .matlab import mat73_dataset, open_mat73
-from .options import comma_list, conversion_options, driver_kwargs
+from .options import bad_parameter, comma_list, conversion_options, driver_kwargs, echo_warning
 from .lens import undistort_points, undistorted_mask
 from .video import video_frames
 
@@ -444,8 +445,106 @@ def detect_layout(src_root: Path) -> str:
         return "extracted"
     if list(src_root.glob(f"S*/{D3_DIR}")):
         return "original"
-    raise click.ClickException(f"{src_root}: neither S*/{D3_DIR}/ (original release) nor "
-                               "[processed/]S*/<Action>-<sub>/annot.h5 (h36m-fetch) found")
+    raise ConversionError(f"{src_root}: neither S*/{D3_DIR}/ (original release) nor "
+                          "[processed/]S*/<Action>-<sub>/annot.h5 (h36m-fetch) found")
+
+
+@dataclass
+class CameraSource:
+    """Where the intrinsics and sequence names come from: metadata.xml when given (or found in
+    the dataset root), else the built-in constants and mapping."""
+    metadata_xml: Path | None
+    cameras: dict[str, Camera]
+    sequences: dict[str, dict[str, tuple[str, int]]]
+    sequence_names: str
+
+
+def camera_source(src_root: Path, metadata_xml: Path | None = None) -> CameraSource:
+    """SampleError for an unreadable metadata.xml."""
+    if metadata_xml is None and (src_root / "metadata.xml").exists():
+        metadata_xml = src_root / "metadata.xml"
+    cams = cameras_from_metadata(metadata_xml) if metadata_xml else cameras_from_constants()
+    from_xml = sequences_from_metadata(metadata_xml) if metadata_xml else None
+    return CameraSource(metadata_xml, cams, from_xml or builtin_sequences(),
+                        f"{metadata_xml} <mapping>" if from_xml else "built-in copy of metadata.xml's <mapping>")
+
+
+def check_cameras(cameras, known: dict) -> list[str]:
+    wanted = list(cameras)
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise ValueError(f"unknown cameras {unknown}; known: {sorted(known)}")
+    return wanted
+
+
+def check_frames_per_item(frames_per_item: int) -> None:
+    if frames_per_item < 1:
+        raise ValueError("must be at least 1")
+
+
+def convert(src_root: Path, out_dir: Path, split: str, *, layout: str = "auto", subjects=None, cameras=CAMERA_IDS,
+            stride: int | None = None, frames_per_item: int = 16, exclude=(DEFAULT_EXCLUDE,),
+            metadata_xml: Path | None = None, masks: bool = True, intrinsics: str = "constants",
+            undistort: bool = True, crop_size: int = DEFAULT_CROP_SIZE, context: float = DEFAULT_CONTEXT,
+            warn: Callable[[str], None] = warn_on_stderr, **driver) -> dict | None:
+    """One split of Human3.6M at `src_root` -> shards in `out_dir`; returns the manifest, or None
+    when no frames are found (nothing is written).
+
+    `layout`: "original" (CDF + mp4), "extracted" (h36m-fetch) or "auto"; `subjects`: default
+    TRAIN_SUBJECTS / TEST_SUBJECTS (absent ones are passed to `warn`); `stride`: default
+    DEFAULT_STRIDES[layout][split]; `exclude`: <subject>/<Action>.<camid> names; `metadata_xml`:
+    the cameras' and sequences' source (default SRC_ROOT/metadata.xml when present, else built-in
+    constants); `intrinsics`: "constants" or "annot" (extracted layout). `driver`:
+    convert_split's options. ValueError for a bad option, SampleError for an unreadable file,
+    ConversionError for a layout that is not there."""
+    default_subjects = {"train": TRAIN_SUBJECTS, "test": TEST_SUBJECTS}
+    if split not in default_subjects:
+        raise ValueError(f"unknown split {split!r}")
+    if layout == "auto":
+        layout = detect_layout(src_root)
+    source = camera_source(src_root, metadata_xml)
+    cams, metadata_xml = source.cameras, source.metadata_xml
+    wanted_cams = check_cameras(cameras, cams)
+    check_frames_per_item(frames_per_item)
+    excluded = set(exclude)
+    stride = stride or DEFAULT_STRIDES[layout][split]
+    root = extracted_root(src_root) if layout == "extracted" else src_root
+    wanted_subjects = list(default_subjects[split] if subjects is None else subjects)
+    present = [s for s in wanted_subjects if (root / s).is_dir()]
+    absent = [s for s in wanted_subjects if s not in present]
+    if absent:
+        warn(f"h36m/{split}: warning: subjects {absent} not found under {root}")
+    if layout == "original":
+        items, used = original_items(root, present, wanted_cams, excluded, stride, frames_per_item, source.sequences)
+        make = functools.partial(make_samples_original, root=root, split=split, stride=stride, cameras=cams,
+                                 use_masks=masks, crop_size=crop_size, context=context, undistort=undistort)
+        layout_extra = {"sequences": used, "exclude": sorted(excluded), "frames_per_item": frames_per_item,
+                        "sequence_names": source.sequence_names,
+                        "joint_source": "MyPoseFeatures/D3_Positions_mono",
+                        "masks": "MySegmentsMat/ground_truth_bs when present" if masks else "off",
+                        "camera_model": "metadata.xml/w0 constants; " + INTRINSICS_MODEL[undistort]}
+    else:
+        annots, items = load_extracted(root, present, wanted_cams, stride)
+        make = functools.partial(make_samples_extracted, root=root, split=split, annots=annots, cameras=cams,
+                                 intrinsics=intrinsics, crop_size=crop_size, context=context,
+                                 undistort=undistort)
+        layout_extra = {"sequences": sorted(f"{s}/{a}" for s, a in annots), "masks": "none in this layout",
+                        "joint_source": "annot.h5 pose/3d (h36m-fetch's copy of D3_Positions_mono)",
+                        "intrinsics": intrinsics,
+                        "camera_model": "pinhole fitted by h36m-fetch; lens distortion left in the crops"
+                        if intrinsics == "annot" else "metadata.xml/w0 constants; " + INTRINSICS_MODEL[undistort]}
+    if not items:
+        return None
+    return convert_split(items, make, out_dir, desc=f"h36m/{split}",
+                         manifest_extra={"dataset": "h36m", "split": split, "joint_order": "h36m17",
+                                         "layout": layout, "subjects": present, "cameras": wanted_cams,
+                                         "camera_intrinsics": {c: cams[c].manifest() for c in wanted_cams},
+                                         "camera_source": str(metadata_xml) if metadata_xml else "built-in constants",
+                                         "stride": stride, "joint_map": f"h36m32 -> h36m17 {H36M32_TO_H36M17.tolist()}",
+                                         "crop_size": crop_size, "context": context,
+                                         "undistorted": undistort and not (layout == "extracted" and intrinsics == "annot"),
+                                         **layout_extra},
+                         **driver)
 
 
 @click.command("h36m")
@@ -480,69 +579,24 @@ def cli(src_root, out_dir, layout, splits, train_subjects, test_subjects, camera
 
     h36m17 joints in camera-frame millimetres from D3_Positions_mono; crops around the body,
     undistorted to the pinhole part of the camera; background-subtraction masks when present."""
+    # Options are checked before the first split is written.
     if layout == "auto":
         layout = detect_layout(src_root)
     wanted_cams = comma_list(cameras)
-    if metadata_xml is None and (src_root / "metadata.xml").exists():
-        metadata_xml = src_root / "metadata.xml"
-    try:
-        cams = cameras_from_metadata(metadata_xml) if metadata_xml else cameras_from_constants()
-        from_xml = sequences_from_metadata(metadata_xml) if metadata_xml else None
-        sequences = from_xml or builtin_sequences()
-        sequence_names = f"{metadata_xml} <mapping>" if from_xml else "built-in copy of metadata.xml's <mapping>"
-    except SampleError as e:
-        raise click.ClickException(str(e))
-    unknown = [c for c in wanted_cams if c not in cams]
-    if unknown:
-        raise click.BadParameter(f"unknown cameras {unknown}; known: {sorted(cams)}", param_hint="--cameras")
-    if frames_per_item < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--frames-per-item")
-    excluded = set(comma_list(exclude))
+    with bad_parameter("--cameras"):
+        check_cameras(wanted_cams, camera_source(src_root, metadata_xml).cameras)
+    with bad_parameter("--frames-per-item"):
+        check_frames_per_item(frames_per_item)
     subjects = {"train": comma_list(train_subjects), "test": comma_list(test_subjects)}
-    strides = {"train": train_stride or DEFAULT_STRIDES[layout]["train"],
-               "test": test_stride or DEFAULT_STRIDES[layout]["test"]}
-    root = extracted_root(src_root) if layout == "extracted" else src_root
+    strides = {"train": train_stride, "test": test_stride}
     for split in comma_list(splits):
         if split not in subjects:
             raise click.BadParameter(f"unknown split {split!r}", param_hint="--splits")
-        present = [s for s in subjects[split] if (root / s).is_dir()]
-        absent = [s for s in subjects[split] if s not in present]
-        if absent:
-            click.echo(f"h36m/{split}: warning: subjects {absent} not found under {root}", err=True)
-        stride = strides[split]
-        try:
-            if layout == "original":
-                items, used = original_items(root, present, wanted_cams, excluded, stride, frames_per_item, sequences)
-                make = functools.partial(make_samples_original, root=root, split=split, stride=stride, cameras=cams,
-                                         use_masks=masks, crop_size=crop_size, context=context, undistort=undistort)
-                layout_extra = {"sequences": used, "exclude": sorted(excluded), "frames_per_item": frames_per_item,
-                                "sequence_names": sequence_names,
-                                "joint_source": "MyPoseFeatures/D3_Positions_mono",
-                                "masks": "MySegmentsMat/ground_truth_bs when present" if masks else "off",
-                                "camera_model": "metadata.xml/w0 constants; " + INTRINSICS_MODEL[undistort]}
-            else:
-                annots, items = load_extracted(root, present, wanted_cams, stride)
-                make = functools.partial(make_samples_extracted, root=root, split=split, annots=annots, cameras=cams,
-                                         intrinsics=intrinsics, crop_size=crop_size, context=context,
-                                         undistort=undistort)
-                layout_extra = {"sequences": sorted(f"{s}/{a}" for s, a in annots), "masks": "none in this layout",
-                                "joint_source": "annot.h5 pose/3d (h36m-fetch's copy of D3_Positions_mono)",
-                                "intrinsics": intrinsics,
-                                "camera_model": "pinhole fitted by h36m-fetch; lens distortion left in the crops"
-                                if intrinsics == "annot" else "metadata.xml/w0 constants; " + INTRINSICS_MODEL[undistort]}
-        except SampleError as e:
-            raise click.ClickException(str(e))
-        if not items:
+        m = convert(src_root, out_dir / split, split, layout=layout, subjects=subjects[split], cameras=wanted_cams,
+                    stride=strides[split], frames_per_item=frames_per_item, exclude=comma_list(exclude),
+                    metadata_xml=metadata_xml, masks=masks, intrinsics=intrinsics, undistort=undistort,
+                    crop_size=crop_size, context=context, warn=echo_warning, **driver_kwargs(**kw))
+        if m is None:
             click.echo(f"h36m/{split}: no frames found, nothing written", err=True)
             continue
-        m = convert_split(items, make, out_dir / split, desc=f"h36m/{split}",
-                          manifest_extra={"dataset": "h36m", "split": split, "joint_order": "h36m17",
-                                          "layout": layout, "subjects": present, "cameras": wanted_cams,
-                                          "camera_intrinsics": {c: cams[c].manifest() for c in wanted_cams},
-                                          "camera_source": str(metadata_xml) if metadata_xml else "built-in constants",
-                                          "stride": stride, "joint_map": f"h36m32 -> h36m17 {H36M32_TO_H36M17.tolist()}",
-                                          "crop_size": crop_size, "context": context,
-                                          "undistorted": undistort and not (layout == "extracted" and intrinsics == "annot"),
-                                          **layout_extra},
-                          **driver_kwargs(**kw))
         click.echo(f"h36m/{split}: {m['samples']} samples in {m['num_shards']} shards, {m['skipped']['count']} skipped")
