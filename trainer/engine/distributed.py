@@ -36,6 +36,12 @@ def init_distributed(timeout_s: float = 1800.0) -> Dist:
         # CPU ranks sharing a machine (LOCAL_SIZE from the deepspeed launcher): split its cores,
         # or their OpenMP threads spin against each other (tens of times slower).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_SIZE"])))
+    # DeepSpeed's engine reduces gradients over groups of its own (groups._clone_world_group), made
+    # with new_group() and no timeout: torch gives those its module default (30 min for gloo), not
+    # the world group's, so a rank frozen before the gradient all-reduce would hang the others for
+    # 30 min whatever --dist-timeout says. The default is read when a group is made: set it first.
+    from torch.distributed import distributed_c10d
+    distributed_c10d.default_pg_timeout = datetime.timedelta(seconds=timeout_s)
     for attempt in range(5):
         if torch.distributed.is_initialized():
             break
