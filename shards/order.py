@@ -54,8 +54,9 @@ class Catalog:
 
     @classmethod
     def of(cls, path, exts) -> "Catalog":
-        """The catalog of the shards at `path` (a shard, a directory, a pattern) for members `exts`."""
-        shards = [str(s) for s in list_shards(path)]
+        """The catalog of the shards at `path` (a shard, a directory, a pattern, or a list of
+        shard paths) for members `exts`."""
+        shards = [str(s) for s in (path if isinstance(path, (list, tuple)) else list_shards(path))]
         exts = tuple(exts)
         keys, shard_of, offsets, sizes = [], [], [], []
         for number, shard in enumerate(shards):
@@ -72,6 +73,18 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def having(self, ext: str) -> "Catalog":
+        """The samples that have member `ext` (e.g. the segmentation network's masked samples)."""
+        keep = self.sizes[:, self.exts.index(ext)] >= 0
+        return Catalog(self.shards, self.exts, self.keys[keep], self.shard_of[keep], self.offsets[keep],
+                       self.sizes[keep])
+
+    def rows_of(self, samples) -> frozenset:
+        """The rows of (shard, key) pairs (those of other shard sets ignored)."""
+        wanted = {(str(f), str(k)) for f, k in samples}
+        return frozenset(int(i) for i in range(len(self.keys))
+                         if (self.shards[self.shard_of[i]], str(self.keys[i])) in wanted) if wanted else frozenset()
 
     def check_sizes(self) -> None:
         """Raise SampleError naming the shard and the first sample whose members end past the end

@@ -25,6 +25,7 @@ the other ranks waiting in a collective until --dist-timeout.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,24 +44,41 @@ class RankSource:
     rank: int
     start_step: int = 0
     draws: int = 0
+    # micro-batches past start_step's first (a stream rebuilt mid-step after a bad sample)
+    start_micro: int = 0
+    # catalog rows left out (--skip-bad-samples): each is replaced by the next good row in storage
+    # order, a function of the left-out set alone, so any world size reads the same substitute
+    skip: frozenset = frozenset()
+    # the pre-training background of position p: backgrounds.catalog row background_order.row_at(p)
+    backgrounds: Catalog | None = None
+    background_order: GlobalOrder | None = None
+    background_skip: frozenset = frozenset()
+    # numpy dtype per member (the webdataset reader's `dtypes`): raw float members come out as
+    # float32 arrays, not bytes; None: every member uint8
+    dtypes: tuple | None = None
     _files: dict = field(default_factory=dict, repr=False, compare=False)   # per worker: shard -> fd
 
     def __post_init__(self):
         if self.order.size != len(self.catalog):
             raise ValueError(f"order over {self.order.size} samples, catalog of {len(self.catalog)}")
         self.plan.steps_per_epoch(self.order.size)   # fails early when no global batch fits
+        if len(self.skip) >= len(self.catalog):
+            raise SampleError("every sample of the shard set was left out as bad", file=self.catalog.shards[0])
+        if self.backgrounds is not None and len(self.background_skip) >= len(self.backgrounds):
+            raise SampleError("every background was left out as bad", file=self.backgrounds.shards[0])
 
     def __getstate__(self):
         return {**self.__dict__, "_files": {}}       # file descriptors stay in their process
 
     @property
     def num_outputs(self) -> int:
-        return len(self.catalog.exts) + 2 + (1 if self.draws else 0)
+        return len(self.catalog.exts) + 2 + (1 if self.draws else 0) + (1 if self.backgrounds is not None else 0)
 
     def position(self, iteration: int, idx_in_batch: int) -> int:
         """Stream position of sample `idx_in_batch` of this rank's pipeline iteration `iteration`
         (one iteration = one micro-batch; the pipeline starts at step `start_step`)."""
-        step, micro = divmod(self.start_step * self.plan.accumulation + iteration, self.plan.accumulation)
+        step, micro = divmod(self.start_step * self.plan.accumulation + self.start_micro + iteration,
+                             self.plan.accumulation)
         epoch, within = divmod(step, self.plan.steps_per_epoch(self.order.size))
         return (epoch * self.order.size + within * self.plan.global_batch + self.rank * self.plan.per_rank
                 + micro * self.plan.micro_batch + idx_in_batch)
@@ -74,31 +92,77 @@ class RankSource:
         return self.sample(self.position(info.iteration, info.idx_in_batch))
 
     def sample(self, position: int) -> tuple:
-        row = self.order.row_at(position)
+        row = substitute(self.order.row_at(position), self.skip, len(self.catalog))
         out = [self.read(row, e) for e in range(len(self.catalog.exts))]
         out.append(np.frombuffer(str(self.catalog.keys[row]).encode(), np.uint8))
         out.append(np.array([position], np.int64))
         if self.draws:
             out.append(sample_draws(self.order.seed, self.order.salt, position, self.draws))
+        if self.backgrounds is not None:
+            bg = substitute(self.background_order.row_at(position), self.background_skip, len(self.backgrounds))
+            out.append(read_member(self.backgrounds, self._files, bg, 0, prefix="bg"))
         return tuple(out)
 
     def read(self, row: int, ext: int) -> np.ndarray:
-        size = int(self.catalog.sizes[row, ext])
-        if size < 0:
-            return np.zeros(0, np.uint8)
-        number = int(self.catalog.shard_of[row])
-        shard = self.catalog.shards[number]
-        fd = self._files.get(number)
-        if fd is None:
-            fd = self._files[number] = os.open(shard, os.O_RDONLY)
-        data = os.pread(fd, size, int(self.catalog.offsets[row, ext]))
-        if len(data) != size:
-            raise SampleError(f"truncated shard: member {self.catalog.exts[ext]} has {len(data)} of its {size} "
-                              "bytes", file=shard, sample=str(self.catalog.keys[row]))
-        return np.frombuffer(data, np.uint8)
+        data = read_member(self.catalog, self._files, row, ext)
+        return data if self.dtypes is None else data.view(self.dtypes[ext])
 
 
-def ordered_reader(source: RankSource, name: str | None = None, prefetch: int = 2, per_batch: bool = True):
+def substitute(row: int, skip: frozenset, size: int) -> int:
+    """`row`, or where it was left out the next row in storage order that was not."""
+    while row in skip:
+        row = (row + 1) % size
+    return row
+
+
+def read_member(catalog: Catalog, files: dict, row: int, ext: int, prefix: str = "") -> np.ndarray:
+    """Member `ext` of catalog row `row` by offset (pread on a descriptor cached in `files`); empty
+    where the sample lacks it; a short read (a truncated shard) names the shard and the sample."""
+    size = int(catalog.sizes[row, ext])
+    if size < 0:
+        return np.zeros(0, np.uint8)
+    number = int(catalog.shard_of[row])
+    shard = catalog.shards[number]
+    fd = files.get((prefix, number))
+    if fd is None:
+        fd = files[(prefix, number)] = os.open(shard, os.O_RDONLY)
+    data = os.pread(fd, size, int(catalog.offsets[row, ext]))
+    if len(data) != size:
+        raise SampleError(f"truncated shard: member {catalog.exts[ext]} has {len(data)} of its {size} "
+                          "bytes", file=shard, sample=str(catalog.keys[row]))
+    return np.frombuffer(data, np.uint8)
+
+
+@dataclass
+class EvalSource:
+    """The external-source callback of one rank's evaluation: `batches` (shards.order.eval_rows'
+    rows) in order, one micro-batch per call, cycling; outputs members..., key."""
+    catalog: Catalog
+    batches: list
+    dtypes: tuple | None = None
+    _files: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_files": {}}
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.catalog.exts) + 1
+
+    def __call__(self, info):
+        rows = self.batches[info.iteration % len(self.batches)]
+        samples = [(*[read_member(self.catalog, self._files, int(r), e).view(self.dtypes[e] if self.dtypes else np.uint8)
+                      for e in range(len(self.catalog.exts))],
+                    np.frombuffer(str(self.catalog.keys[int(r)]).encode(), np.uint8)) for r in rows]
+        return tuple(list(column) for column in zip(*samples))
+
+
+# A pipeline that leaves an output unused (the position, a label the stage ignores) costs the
+# workers a few bytes per sample: not worth a callback per combination, nor a warning per build.
+warnings.filterwarnings("ignore", message=r"The external source node .* not used")
+
+
+def ordered_reader(source: "RankSource | EvalSource", name: str | None = None, prefetch: int = 2, per_batch: bool = True):
     """The DataNodes of `source` in a pipeline: members..., key, position[, draws]. `per_batch`:
     each worker call builds a whole micro-batch (the pipeline's batch_size must be the plan's
     micro_batch); otherwise DALI asks the workers sample by sample."""

@@ -156,7 +156,7 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
         pose.encoder.requires_grad_(False)
 
     common = dict(batch_size=run.micro_batch, input_size=input_size, seed=settings.seed, rank=run.dist.rank,
-                  world_size=run.dist.world_size, augment=augment)
+                  world_size=run.dist.world_size, global_batch=run.global_batch, augment=augment)
     try:
         loaders = {"source": finetune_loader(source, **common)}
         if use_ar:

@@ -119,7 +119,7 @@ def pretrain(source, target, backgrounds, *, settings: engine.TrainSettings, mod
                                  batch_size=run.micro_batch, input_size=input_size, p_bg=options["p_bg"],
                                  target_fraction=target_fraction, use_target_masks=use_target_masks,
                                  seed=settings.seed, rank=run.dist.rank, world_size=run.dist.world_size,
-                                 augment=augment)
+                                 global_batch=run.global_batch, augment=augment)
     except SampleError:
         raise
     except ValueError as e:  # too few samples for the batch, bad fractions

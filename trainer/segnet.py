@@ -103,7 +103,8 @@ def train_segnet(source, *, settings: engine.TrainSettings, input_size: int = 25
     run = engine.start_run(STAGE, settings, options, signature)
     try:
         loader = segnet_loader(train_part, batch_size=run.micro_batch, input_size=input_size, seed=settings.seed,
-                               rank=run.dist.rank, world_size=run.dist.world_size, augment=augment)
+                               rank=run.dist.rank, world_size=run.dist.world_size, global_batch=run.global_batch,
+                               augment=augment)
     except SampleError:
         raise
     except ValueError as e:  # too few samples for the batch, no masks at all

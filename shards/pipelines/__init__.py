@@ -14,8 +14,14 @@ CPU vs GPU: one graph. On a CUDA machine (shards.device.cuda_available) images a
 `mixed` and every pixel op runs on the GPU; otherwise the graph runs on the CPU (device_id=None)
 with two substitutions that make it about 2x faster there: OpenCV's warp and a uint8 blend
 (opencv.py) called from the graph, unless POSEMAE_CPU_IMAGE_OPS=dali. Random numbers, affine
-matrices and joints are small CPU tensors either way, and every random operator has its own
-explicit seed (seeds.op_seed), so the substitutions draw the same augmentation.
+matrices and joints are small CPU tensors either way, and the augmentation's random numbers are
+each sample's own (shards.ordered_source: drawn from its position in the global order), so the
+substitutions, any rank and any number of ranks draw the same augmentation.
+
+Reading: every training loader reads its shards in the global sample order (shards.order) through
+an external source with spawned worker processes (shards.ordered_source); the position of a
+Loader is the global optimizer step. steps.reader (DALI's webdataset reader) and augment's
+seeded operators remain for bench/data_pipeline's comparison.
 """
 from .augment import Augment
 from .evaluate import eval_loader

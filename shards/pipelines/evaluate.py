@@ -1,14 +1,18 @@
 """Evaluation input: no augmentation, storage order, every sample exactly once across ranks.
 
-Rank r reads samples [N*r/n, N*(r+1)/n) and DALI pads every rank to the same number of batches
-by repeating its last sample; `valid` marks the padding so metrics can drop it.
+Rank r reads samples [N*r/n, N*(r+1)/n) (shards.order.eval_rows) and every rank gets the same
+number of batches, the last padded by repeating a real sample; `valid` marks the padding so
+metrics can drop it.
 """
 from __future__ import annotations
 
-from .finetune import pose_stream
-from .loader import Loader, rank_share
-from .pose import EVALUATION_OUTPUTS, evaluation_pipeline
+from ..device import cuda_available
+from ..order import Catalog, eval_rows
+from ..ordered_source import EvalSource
+from .loader import Loader, Stream, rank_share
+from .pose import EVALUATION_OUTPUTS, LABEL_DTYPES, LABEL_EXTS, evaluation_pipeline
 from .shardset import ShardSet
+from .steps import pipeline_kwargs
 
 
 def eval_loader(shards, *, batch_size: int, input_size: int = 256, rank: int = 0, world_size: int = 1,
@@ -18,15 +22,19 @@ def eval_loader(shards, *, batch_size: int, input_size: int = 256, rank: int = 0
     crop_to_input (B,2,3) affine from stored-crop to input pixels, has_3d (B,) bool, key, and
     valid (B,) bool: False on padding, which repeats a real sample and must not be counted."""
     data = ShardSet.at(shards)
-    n = data.count()
+    catalog = Catalog.of(list(data.paths), LABEL_EXTS)
+    n = len(catalog)
     if n < world_size:
         raise ValueError(f"{n} samples cannot be split over {world_size} ranks")
-    largest = -(-n // world_size)
+    batches = [rows for rows, _ in eval_rows(n, world_size, rank, batch_size)]
     num_joints, _ = data.num_joints()
-    stream = pose_stream(evaluation_pipeline, data, name="eval", names=EVALUATION_OUTPUTS, batch_size=batch_size,
-                         seed=0, rank=rank, num_threads=num_threads, world_size=world_size, input_size=input_size,
-                         num_joints=num_joints)
+
+    def build(start):
+        source = EvalSource(catalog, batches[start % len(batches):] + batches[:start % len(batches)], LABEL_DTYPES)
+        return evaluation_pipeline(source, input_size=input_size, num_joints=num_joints, gpu=cuda_available(),
+                                   **pipeline_kwargs(batch_size=batch_size, num_threads=num_threads, seed=0, rank=rank,
+                                                     salt="eval"))
     fingerprint = dict(kind="eval", samples=[n], batch_sizes=[batch_size], rank=rank, world_size=world_size,
                        input_size=input_size)
-    return Loader([stream], -(-largest // batch_size), fingerprint=fingerprint,
+    return Loader([Stream(build, batch_size, EVALUATION_OUTPUTS, [data])], len(batches), fingerprint=fingerprint,
                   valid_per_epoch=rank_share(n, rank, world_size))

@@ -3,7 +3,6 @@ tensors, with a position that checkpoints and resumes mid-epoch, and bad samples
 request."""
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,17 +15,18 @@ from ..schema import SampleError
 from .shardset import ShardSet
 
 
-LOADER_STATE_FORMAT = "posemae.loader/1"
+LOADER_STATE_FORMAT = "posemae.loader/2"
 
 
 @dataclass
 class Stream:
     """One DALI pipeline contributing `batch_size` samples to every batch.
 
-    `build(checkpoint)` makes the pipeline (restored from a DALI checkpoint when given);
-    `names` name its outputs in order ('key' is the source info, turned into strings);
-    `constants` are per-stream outputs added in Python (e.g. is_target)."""
-    build: Callable[[bytes | None], object]
+    `build(start)` makes the pipeline whose first batch is this stream's batch number `start`
+    (0: the run's first): its reader is a shards.ordered_source callback, so any position is
+    reached by arithmetic, without a DALI checkpoint. `names` name its outputs in order ('key'
+    is the sample key as bytes); `constants` are per-stream outputs added in Python (e.g. is_target)."""
+    build: Callable[[int], object]
     batch_size: int
     names: tuple[str, ...]
     shards: list[ShardSet]
@@ -35,66 +35,75 @@ class Stream:
 
 class Loader:
     """Iterable over batches, dicts of torch tensors (on the GPU when DALI runs there) and
-    `key`, a list of sample keys. `len(loader)` batches make an epoch on this rank; iterating
-    yields what is left of the current epoch, then `epoch` advances. The readers stream on
-    without a break between epochs (training) unless the pipelines pad epochs (evaluation).
+    `key`, a list of sample keys. `len(loader)` batches (micro-batches of this rank) make an
+    epoch; iterating yields what is left of the current epoch, then `epoch` advances. The
+    readers stream on without a break between epochs.
 
-    `state_dict()` is JSON-able (DALI checkpoints as base64) for DeepSpeed's client_state; a
-    Loader built with the same arguments and given it with `load_state_dict` continues with the
-    very batches the saved one would have produced next, mid-epoch included.
+    Training streams read the global sample order (shards.order): micro-batch m of optimizer
+    step s on rank r is a function of (seed, s, m, r) and the plan, so the loader's position is
+    the global step. `state_dict()` (JSON-able, for the checkpoint) holds that step and the
+    samples left out; a Loader built with the same data and seed, on any world size with the
+    same global batch, continues with the samples the saved one would have read next.
 
     A sample DALI cannot read (a corrupted JPEG, a truncated tar) raises one SampleError naming
     the shard and the sample key. With `skip_bad_samples` set (the trainers' --skip-bad-samples)
-    the loader instead leaves every bad sample of that stream's shards out (ShardSet.leave_out),
-    rebuilds the streams reading them and goes on; `drain_skipped()` hands the skips to the
-    trainer to count and log. DALI cannot drop a sample from a running reader, so a rebuilt
-    stream starts its reader's order afresh over the remaining samples (the epoch and step
-    counts go on); the left-out samples are part of the state, so a resume reads what the
-    interrupted run would have."""
+    the loader instead leaves every bad sample of that stream's shards out (ShardSet.leave_out
+    records them), rebuilds the streams reading them at the batch they were at, and goes on; a
+    left-out sample's place in the order is taken by the next good sample in storage order
+    (the same on any world size). `drain_skipped()` hands the skips to the trainer to count and
+    log. The left-out samples are part of the state, so a resume reads what the interrupted run
+    would have."""
 
-    def __init__(self, streams: list[Stream], batches_per_epoch: int, *, fingerprint: dict,
+    def __init__(self, streams: list[Stream], batches_per_epoch: int, *, fingerprint: dict, accumulation: int = 1,
                  valid_per_epoch: int | None = None):
         if batches_per_epoch < 1:
             raise ValueError("fewer samples on this rank than one batch: lower the batch size or the world size")
         self.streams = streams
         self.batches_per_epoch = batches_per_epoch
-        self.fingerprint = fingerprint
+        self.fingerprint = fingerprint              # what must match on resume: data, seed, global batch
+        self.accumulation = accumulation            # micro-batches per optimizer step on this world size
         self.valid_per_epoch = valid_per_epoch      # evaluation: samples past it are padding
         self.epoch = 0
         self.step = 0                               # batches already handed out in this epoch
         self._pipes = None
-        self._checkpoints = None
+        self._produced = [0] * len(streams)         # batches each stream's pipelines have returned
         self.skip_bad_samples = False
         self._skipped: list[dict] = []              # left out since the last drain_skipped()
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
+    @property
+    def consumed(self) -> int:
+        """Batches handed out since the run's start."""
+        return self.epoch * self.batches_per_epoch + self.step
+
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        if self._pipes is not None:
-            checkpoints = [p.checkpoint() for p in self._pipes]
-        else:
-            checkpoints = self._checkpoints
+        global_step, micro = divmod(self.consumed, self.accumulation)
         return {
-            "format": LOADER_STATE_FORMAT, "epoch": self.epoch, "step": self.step,
-            "fingerprint": self.fingerprint,
-            "pipelines": None if checkpoints is None else [base64.b64encode(c).decode("ascii") for c in checkpoints],
+            "format": LOADER_STATE_FORMAT, "global_step": global_step, "micro": micro,
+            "accumulation": self.accumulation, "fingerprint": self.fingerprint,
             "left_out": [[list(x) for x in shards.left_out] for shards in self._shard_sets()],
         }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != LOADER_STATE_FORMAT:
-            raise ValueError(f"not a loader state (format {state.get('format')!r})")
+            raise ValueError(f"not a loader state of this version (format {state.get('format')!r}, "
+                             f"expected {LOADER_STATE_FORMAT!r})")
         if state["fingerprint"] != self.fingerprint:
             raise ValueError(f"loader state was saved with {state['fingerprint']}, this loader is {self.fingerprint}")
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self._checkpoints = None if state["pipelines"] is None else [base64.b64decode(c) for c in state["pipelines"]]
-        # the DALI checkpoints were taken over the filtered indexes: filter the same way first
+        micro = int(state["micro"])
+        if micro and int(state["accumulation"]) != self.accumulation:
+            raise ValueError(f"loader state saved {micro} micro-batches into a step of {state['accumulation']}; "
+                             f"this loader accumulates {self.accumulation}: resume from a step boundary")
+        consumed = int(state["global_step"]) * self.accumulation + micro
+        self.epoch, self.step = divmod(consumed, self.batches_per_epoch)
         for shards, left_out in zip(self._shard_sets(), state.get("left_out") or []):
             if left_out:
                 shards.leave_out([tuple(x) for x in left_out])
-        self._pipes = None   # rebuilt from the checkpoints on the next iteration
+        self._pipes = None   # rebuilt at the restored position on the next iteration
+        self._produced = [consumed] * len(self.streams)
 
     def _shard_sets(self) -> list[ShardSet]:
         """Every distinct ShardSet the streams read (backgrounds may be shared), in order."""
@@ -112,8 +121,7 @@ class Loader:
 
     # -- iteration -----------------------------------------------------------------------
     def _build(self):
-        checkpoints = self._checkpoints or [None] * len(self.streams)
-        self._pipes = [s.build(c) for s, c in zip(self.streams, checkpoints)]
+        self._pipes = [s.build(start) for s, start in zip(self.streams, self._produced)]
         for p in self._pipes:
             p.build()
 
@@ -129,11 +137,11 @@ class Loader:
 
     def _run(self, i: int):
         try:
-            return self._pipes[i].run()
-        except RuntimeError:
-            # DALI names the operator, not the sample: re-read this stream's shards in Python
-            # (slow, but only on failure) to name the file and sample. Nothing found (not a data
-            # error, e.g. out of memory): DALI's own error goes up.
+            out = self._pipes[i].run()
+        except Exception:
+            # DALI names the operator (or the reader worker's exception), not always the sample:
+            # re-read this stream's shards in Python (slow, but only on failure) to name the file
+            # and sample. Nothing found (not a data error, e.g. out of memory): the error goes up.
             bad = [e for shards in self.streams[i].shards for e in shards.bad_samples()]
             if not bad:
                 raise
@@ -141,11 +149,14 @@ class Loader:
                 first = bad[0]
                 raise SampleError(f"{first.reason} [{len(bad)} bad sample(s) in these shards; --skip-bad-samples "
                                   "leaves them out and goes on]", file=first.file, sample=first.sample) from None
-        self._leave_out(bad)
-        return self._pipes[i].run()
+            self._leave_out(bad)
+            out = self._pipes[i].run()
+        self._produced[i] += 1
+        return out
 
     def _leave_out(self, bad: list[SampleError]) -> None:
-        """Leave `bad` out of their shard sets and rebuild every stream reading one of them."""
+        """Leave `bad` out of their shard sets and rebuild every stream reading one of them at
+        the batch it was to return next."""
         changed = []
         for shards in self._shard_sets():
             mine = [(e.file, e.sample) for e in bad if e.file in shards.paths]
@@ -156,8 +167,8 @@ class Loader:
                            "step": self.step} for e in bad]
         for j, stream in enumerate(self.streams):
             if any(shards is c for shards in stream.shards for c in changed):
-                self._pipes[j] = None                  # frees the old pipeline's threads first
-                self._pipes[j] = stream.build(None)
+                self._pipes[j] = None                  # frees the old pipeline's threads and workers first
+                self._pipes[j] = stream.build(self._produced[j])
                 self._pipes[j].build()
 
     def _next_batch(self) -> dict:
@@ -201,13 +212,8 @@ def stack_batches(lists, total: int) -> torch.Tensor:
 
 
 def keys_of(lists) -> list[str]:
-    """source_info '<tar>:<offset>:<member>' -> the member's sample key."""
-    keys = []
-    for tl in lists:
-        for i in range(len(tl)):
-            info = bytes(np.asarray(tl.at(i))).decode()
-            keys.append(info.rsplit(":", 1)[-1].split(".", 1)[0])
-    return keys
+    """The readers' key outputs (uint8 bytes per sample) -> the sample keys."""
+    return [bytes(np.asarray(tl.at(i))).decode() for tl in lists for i in range(len(tl))]
 
 
 def per_rank_min(total: int, world_size: int) -> int:

@@ -11,24 +11,28 @@ from __future__ import annotations
 
 from nvidia.dali import fn, pipeline_def, types
 
+from ..ordered_source import colour_normalisation_drawn, crop_to_input_drawn, ordered_reader
 from ..schema import EXT_IMAGE, EXT_INTRINSICS, EXT_JOINTS2D, EXT_JOINTS3D, EXT_VISIBLE
 from .augment import Augment, colour_normalisation, crop_to_input
-from .seeds import derive_seed
-from .shardset import ShardSet
-from .steps import decode_image, gpu_outputs, image_size, normalise, reader, sample_key, values_or_zeros, warp
+from .steps import decode_image, gpu_outputs, image_size, normalise, values_or_zeros, warp
 
 LABEL_EXTS = [EXT_IMAGE, EXT_JOINTS3D, EXT_JOINTS2D, EXT_VISIBLE, EXT_INTRINSICS]
-LABEL_DTYPES = [types.UINT8, types.FLOAT, types.FLOAT, types.UINT8, types.FLOAT]
+LABEL_DTYPES = ("uint8", "float32", "float32", "uint8", "float32")    # numpy, per member (RankSource.dtypes)
 
 TRAINING_OUTPUTS = ("image", "joints2d", "depth_rel_mm", "visible", "has_depth", "key")
 TARGET_OUTPUTS = ("image", "key")
 EVALUATION_OUTPUTS = ("image", "joints3d_mm", "joints2d_px", "visible", "intrinsics", "crop_to_input", "has_3d", "key")
 
 
-def input_crop(jpg, *, input_size: int, augment: Augment | None, seed: int, gpu: bool):
-    """The network input (3,S,S), normalised, and the 2x3 affine from stored-crop to input pixels."""
-    matrix = crop_to_input(image_size(jpg), input_size, augment, seed)
-    image = normalise(warp(decode_image(jpg, gpu), matrix, input_size, gpu), *colour_normalisation(augment, seed))
+def input_crop(jpg, *, input_size: int, augment: Augment | None, draws, gpu: bool):
+    """The network input (3,S,S), normalised, and the 2x3 affine from stored-crop to input pixels.
+    `draws`: the sample's own random numbers (shards.ordered_source), used when augmenting."""
+    hw = image_size(jpg)
+    if augment is None:
+        matrix, norm = crop_to_input(hw, input_size, None, 0), colour_normalisation(None, 0)
+    else:
+        matrix, norm = crop_to_input_drawn(hw, input_size, augment, draws), colour_normalisation_drawn(augment, draws)
+    image = normalise(warp(decode_image(jpg, gpu), matrix, input_size, gpu), *norm)
     return image, matrix
 
 
@@ -42,42 +46,35 @@ def joint_labels(joints3d, joints2d, visible, num_joints: int):
     return joints3d, has_3d, joints2d, visible
 
 
-@pipeline_def(enable_conditionals=True, enable_checkpointing=True)
-def training_pipeline(shards: ShardSet, *, name: str, input_size: int, augment: Augment | None, num_joints: int,
-                      root_index: int, rank: int, world_size: int, shuffle_seed: int, gpu: bool):
+@pipeline_def(enable_conditionals=True)
+def training_pipeline(source, *, input_size: int, augment: Augment | None, num_joints: int, root_index: int,
+                      gpu: bool):
     """TRAINING_OUTPUTS: image, joints2d (K,2) in input pixels, depth_rel_mm (K,) = z - z_root,
-    visible (K,) float, has_depth, key. Shuffled."""
-    jpg, joints3d, joints2d, visible, _ = reader(shards, LABEL_EXTS, dtypes=LABEL_DTYPES, name=name, rank=rank,
-                                                 world_size=world_size, seed=shuffle_seed, shuffle=True)
-    seed = derive_seed(shuffle_seed, rank, name)              # the pipeline's seed (pipeline_kwargs)
-    image, matrix = input_crop(jpg, input_size=input_size, augment=augment, seed=seed, gpu=gpu)
+    visible (K,) float, has_depth, key. `source`: a RankSource over LABEL_EXTS (the global order)."""
+    jpg, joints3d, joints2d, visible, _, key, _, draws = ordered_reader(source)
+    image, matrix = input_crop(jpg, input_size=input_size, augment=augment, draws=draws, gpu=gpu)
     joints3d, has_3d, joints2d, visible = joint_labels(joints3d, joints2d, visible, num_joints)
     joints2d_input = fn.coord_transform(joints2d, MT=matrix)
     depth_rel = joints3d[:, 2] - joints3d[root_index, 2]
-    return (*gpu_outputs(gpu, image, joints2d_input, depth_rel, visible, has_3d), sample_key(jpg))
+    return (*gpu_outputs(gpu, image, joints2d_input, depth_rel, visible, has_3d), key)
 
 
-@pipeline_def(enable_conditionals=True, enable_checkpointing=True)
-def target_pipeline(shards: ShardSet, *, name: str, input_size: int, augment: Augment | None, rank: int,
-                    world_size: int, shuffle_seed: int, gpu: bool):
-    """TARGET_OUTPUTS: image, key. Images only (no labels are read). Shuffled."""
-    jpg = reader(shards, [EXT_IMAGE], name=name, rank=rank, world_size=world_size, seed=shuffle_seed, shuffle=True)
-    seed = derive_seed(shuffle_seed, rank, name)
-    image, _ = input_crop(jpg, input_size=input_size, augment=augment, seed=seed, gpu=gpu)
-    return (*gpu_outputs(gpu, image), sample_key(jpg))
+@pipeline_def(enable_conditionals=True)
+def target_pipeline(source, *, input_size: int, augment: Augment | None, gpu: bool):
+    """TARGET_OUTPUTS: image, key. Images only (no labels are read). `source`: a RankSource over
+    [EXT_IMAGE]."""
+    jpg, key, _, draws = ordered_reader(source)
+    image, _ = input_crop(jpg, input_size=input_size, augment=augment, draws=draws, gpu=gpu)
+    return (*gpu_outputs(gpu, image), key)
 
 
-@pipeline_def(enable_conditionals=True, enable_checkpointing=True)
-def evaluation_pipeline(shards: ShardSet, *, name: str, input_size: int, num_joints: int, rank: int,
-                        world_size: int, shuffle_seed: int, gpu: bool):
+@pipeline_def(enable_conditionals=True)
+def evaluation_pipeline(source, *, input_size: int, num_joints: int, gpu: bool):
     """EVALUATION_OUTPUTS: image, joints3d_mm (K,3), joints2d_px (K,2) stored-crop px, visible,
-    intrinsics (4,), crop_to_input (2,3), has_3d, key. No augmentation; storage order, each rank
-    its own part, the last batch padded (the loader marks the padding)."""
-    jpg, joints3d, joints2d, visible, intrinsics = reader(
-        shards, LABEL_EXTS, dtypes=LABEL_DTYPES, name=name, rank=rank, world_size=world_size, seed=shuffle_seed,
-        shuffle=False, pad_last_batch=True)
-    seed = derive_seed(shuffle_seed, rank, name)
-    image, matrix = input_crop(jpg, input_size=input_size, augment=None, seed=seed, gpu=gpu)
+    intrinsics (4,), crop_to_input (2,3), has_3d, key. No augmentation; `source`: an EvalSource
+    (storage order, each rank its own block, padded; the loader marks the padding)."""
+    jpg, joints3d, joints2d, visible, intrinsics, key = ordered_reader(source)
+    image, matrix = input_crop(jpg, input_size=input_size, augment=None, draws=None, gpu=gpu)
     joints3d, has_3d, joints2d, visible = joint_labels(joints3d, joints2d, visible, num_joints)
     intrinsics, _ = values_or_zeros(intrinsics, 4)
-    return (*gpu_outputs(gpu, image, joints3d, joints2d, visible, intrinsics, matrix, has_3d), sample_key(jpg))
+    return (*gpu_outputs(gpu, image, joints3d, joints2d, visible, intrinsics, matrix, has_3d), key)

@@ -25,17 +25,22 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dmath
 
 from ..device import cuda_available
+from ..order import BatchPlan, split_global_batch
+from ..ordered_source import AUGMENT_DRAWS, colour_normalisation_drawn, crop_to_input_drawn, ordered_reader
 from ..schema import EXT_IMAGE, EXT_MASK
 from .augment import Augment, as_augment, colour_normalisation, crop_to_input, with_mask_channel
-from .loader import Loader, Stream, per_rank_min
+from .loader import Loader, Stream
 from .opencv import opencv_composite
-from .seeds import derive_seed, op_seed
 from .shardset import ShardSet
-from .steps import (decode_image, gpu_outputs, image_size, mask_or_zeros, normalise, pipeline_kwargs, reader,
-                    sample_key, uses_dali_image_ops, warp, zero_mask)
+from .steps import (OrderedData, decode_image, gpu_outputs, image_size, mask_or_zeros, normalise, pipeline_kwargs,
+                    uses_dali_image_ops, warp, zero_mask)
+
+# the sample's draws: the augmentation's, then the background coin and the background window's x, y
+SWAP, BG_X, BG_Y = AUGMENT_DRAWS, AUGMENT_DRAWS + 1, AUGMENT_DRAWS + 2
+PRETRAIN_DRAWS = AUGMENT_DRAWS + 3
 
 
-def composite_and_normalise(both, background_jpg, swap, mean, std, input_size: int, gpu: bool, seed: int):
+def composite_and_normalise(both, background_jpg, swap, mean, std, input_size: int, gpu: bool, draws):
     """Warped RGBA uint8 -> normalised image (3,S,S) and mask (1,S,S), the background replaced
     where `swap`. Only the swapped samples decode a background window (a DALI conditional splits
     the batch). DALI's operators (GPU, or POSEMAE_CPU_IMAGE_OPS=dali) blend in float after the
@@ -44,13 +49,13 @@ def composite_and_normalise(both, background_jpg, swap, mean, std, input_size: i
         both = normalise(both, *with_mask_channel(mean, std))
         image, mask = both[0:3], both[3:4]
         if swap:
-            background = normalise(random_background(background_jpg, input_size, gpu, seed), mean, std)
+            background = normalise(random_background(background_jpg, input_size, gpu, draws), mean, std)
             image = image + (1.0 - mask) * (background - image)      # m*x + (1-m)*u
         else:
             image = image
         return image, mask
     if swap:
-        background = random_background(background_jpg, input_size, gpu, seed)
+        background = random_background(background_jpg, input_size, gpu, draws)
     else:
         background = fn.zeros(shape=[1, 1, 3], dtype=types.UINT8, layout="HWC")
     both = fn.python_function(both, background, swap, function=opencv_composite, batch_processing=True)
@@ -58,31 +63,30 @@ def composite_and_normalise(both, background_jpg, swap, mean, std, input_size: i
     return both[0:3], both[3:4]
 
 
-def random_background(jpg, input_size: int, gpu: bool, seed: int):
+def random_background(jpg, input_size: int, gpu: bool, draws):
     """A random input_size square of each background image, decoded as that window only (ROI
-    decoding); images with a shorter side below input_size are upscaled."""
+    decoding), placed by the foreground sample's draws; images with a shorter side below
+    input_size are upscaled."""
     hw = image_size(jpg)
     side = dmath.min(dmath.min(hw[0], hw[1]), float(input_size))
     window = fn.decoders.image_crop(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB,
                                     crop_w=side, crop_h=side,
-                                    crop_pos_x=fn.random.uniform(range=[0.0, 1.0], seed=op_seed(seed, "bg_x")),
-                                    crop_pos_y=fn.random.uniform(range=[0.0, 1.0], seed=op_seed(seed, "bg_y")))
+                                    crop_pos_x=draws[BG_X], crop_pos_y=draws[BG_Y])
     if side < float(input_size):
         window = fn.resize(window, size=[input_size, input_size])
     return window
 
 
-@pipeline_def(enable_conditionals=True, enable_checkpointing=True)
-def pretrain_pipeline(shards: ShardSet, backgrounds: ShardSet | None, *, name: str, input_size: int,
-                      p_bg: float, read_masks: bool, masks_required: bool, augment: Augment | None,
-                      rank: int, world_size: int, shuffle_seed: int, gpu: bool):
-    """Outputs image (3,S,S) float, mask (1,S,S) float in [0,1], has_mask bool, key info."""
-    common = dict(rank=rank, world_size=world_size, seed=shuffle_seed, shuffle=True)
-    seed = derive_seed(shuffle_seed, rank, name)              # the pipeline's seed (pipeline_kwargs)
-    if read_masks:
-        jpg, png = reader(shards, [EXT_IMAGE, EXT_MASK], name=name, missing="skip" if masks_required else "empty", **common)
-    else:
-        jpg = reader(shards, [EXT_IMAGE], name=name, **common)
+@pipeline_def(enable_conditionals=True)
+def pretrain_pipeline(source, *, input_size: int, p_bg: float, read_masks: bool, augment: Augment | None, gpu: bool):
+    """Outputs image (3,S,S) float, mask (1,S,S) float in [0,1], has_mask bool, key. `source`: a
+    RankSource over [jpg, mask.png] (or [jpg] without masks), with PRETRAIN_DRAWS draws and, for
+    background replacement, each position's background."""
+    outputs = list(ordered_reader(source))
+    jpg = outputs.pop(0)
+    png = outputs.pop(0) if read_masks else None
+    key, _, draws = outputs[:3]
+    background_jpg = outputs[3] if len(outputs) > 3 else None
     hw = image_size(jpg)
     image = decode_image(jpg, gpu)
     if read_masks:
@@ -93,89 +97,109 @@ def pretrain_pipeline(shards: ShardSet, backgrounds: ShardSet | None, *, name: s
     if gpu:
         mask = mask.gpu()
 
-    matrix = crop_to_input(hw, input_size, augment, seed)
+    if augment is None:
+        matrix, (mean, std) = crop_to_input(hw, input_size, None, 0), colour_normalisation(None, 0)
+    else:
+        matrix = crop_to_input_drawn(hw, input_size, augment, draws)
+        mean, std = colour_normalisation_drawn(augment, draws)
     both = warp(fn.cat(image, mask, axis=2), matrix, input_size, gpu)
-    mean, std = colour_normalisation(augment, seed)
-    if backgrounds is None:
+    if background_jpg is None:
         both = normalise(both, *with_mask_channel(mean, std))
-        return (*gpu_outputs(gpu, both[0:3], both[3:4], has_mask), sample_key(jpg))
+        return (*gpu_outputs(gpu, both[0:3], both[3:4], has_mask), key)
 
-    # The reader advances one background per sample, swapped or not.
-    background_jpg = reader(backgrounds, EXT_IMAGE, name=name + "_bg", **common)
-    swap = fn.random.coin_flip(probability=p_bg, dtype=types.BOOL, seed=op_seed(seed, "swap")) & has_mask
-    image, mask = composite_and_normalise(both, background_jpg, swap, mean, std, input_size, gpu, seed)
-    return (*gpu_outputs(gpu, image, mask, has_mask), sample_key(jpg))
+    # every position has its background (GlobalOrder of the backgrounds), swapped or not
+    swap = (draws[SWAP] < p_bg) & has_mask
+    image, mask = composite_and_normalise(both, background_jpg, swap, mean, std, input_size, gpu, draws)
+    return (*gpu_outputs(gpu, image, mask, has_mask), key)
 
 
 NAMES = ("image", "mask", "has_mask", "key")
 
 
-def _stream(shards: ShardSet, backgrounds, *, name, batch_size, input_size, p_bg, read_masks, masks_required,
-            augment, seed, rank, world_size, num_threads, is_target) -> Stream:
+def _stream(data: OrderedData, backgrounds: OrderedData | None, *, name, batch_size, input_size, p_bg, read_masks,
+            augment, seed, rank, num_threads, is_target) -> Stream:
     gpu = cuda_available()
 
-    def build(checkpoint):
+    def build(start):
+        source = data.source(rank, start, draws=PRETRAIN_DRAWS, backgrounds=backgrounds,
+                             background_salt=f"backgrounds/{name}")
         return pretrain_pipeline(
-            shards, backgrounds, name=name, input_size=input_size, p_bg=p_bg, read_masks=read_masks,
-            masks_required=masks_required, augment=augment, rank=rank, world_size=world_size, shuffle_seed=seed, gpu=gpu,
-            **pipeline_kwargs(batch_size=batch_size, num_threads=num_threads, seed=seed, rank=rank,
-                              salt=name, checkpoint=checkpoint))
-    shard_sets = [shards] + ([backgrounds] if backgrounds is not None else [])
+            source, input_size=input_size, p_bg=p_bg, read_masks=read_masks, augment=augment, gpu=gpu,
+            **pipeline_kwargs(batch_size=batch_size, num_threads=num_threads, seed=seed, rank=rank, salt=name))
+    shard_sets = [data.shards] + ([backgrounds.shards] if backgrounds is not None else [])
     return Stream(build, batch_size, NAMES, shard_sets, constants={"is_target": is_target})
 
 
 def pretrain_loader(source, target, backgrounds, *, batch_size: int, input_size: int = 256, p_bg: float = 0.5,
                     target_fraction: float | None = None, use_target_masks: bool = True, seed: int = 0,
-                    rank: int = 0, world_size: int = 1, num_threads: int = 2, augment=True) -> Loader:
+                    rank: int = 0, world_size: int = 1, global_batch: int | None = None, num_threads: int = 2,
+                    augment=True) -> Loader:
     """Pre-training batches: image (B,3,S,S) normalised, mask (B,1,S,S) in [0,1] (zeros where a
     sample has none), has_mask (B,) bool, is_target (B,) bool, key (list of B str).
 
-    Every batch holds source and target samples: round(batch_size * target_fraction) target ones,
-    target_fraction defaulting to the target's share of all samples. `target` None: source only;
-    `backgrounds` None or p_bg 0: no background replacement. use_target_masks False reads no
-    target masks (the "w/o M_T" ablation: mask 0, no swap on target images). An epoch is one pass
-    over this rank's part of the source: floor(source samples / world_size / source batch); the
-    target stream runs on alongside. Source and target are separate DALI pipelines of
-    `num_threads` CPU threads each; `augment` takes True, False or an Augment."""
+    `batch_size` is the micro-batch, `global_batch` (default batch_size x world_size) the samples
+    of one optimizer step over all ranks. Every global batch holds round(global_batch *
+    target_fraction) target samples (split_global_batch), target_fraction defaulting to the
+    target's share of all samples; source and target each follow their own global order, so the
+    mix is the same on any number of ranks. `target` None: source only; `backgrounds` None or
+    p_bg 0: no background replacement. use_target_masks False reads no target masks (the "w/o
+    M_T" ablation: mask 0, no swap on target images). An epoch is one pass over the source's
+    whole global batches; the target stream runs on alongside. Source and target are separate
+    DALI pipelines of `num_threads` CPU threads each; `augment` takes True, False or an Augment."""
     if not 0.0 <= p_bg <= 1.0:
         raise ValueError(f"p_bg must be in [0, 1], got {p_bg}")
     augment = as_augment(augment)
+    global_batch = global_batch or batch_size * world_size
+    plan = BatchPlan(global_batch, world_size, batch_size)           # checks the micro-batch divides
     src = ShardSet.at(source)
     tgt = ShardSet.at(target) if target is not None else None
     bgs = ShardSet.at(backgrounds) if backgrounds is not None and p_bg > 0 else None
     n_src, n_tgt = src.count(), (tgt.count() if tgt else 0)
-    b_tgt = 0
+    g_src, g_tgt = global_batch, 0
     if tgt is not None:
         if batch_size < 2:
             raise ValueError("source and target in every batch need batch_size >= 2")
         fraction = n_tgt / (n_src + n_tgt) if target_fraction is None else float(target_fraction)
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"target_fraction must be in (0, 1), got {fraction}")
-        b_tgt = min(max(round(batch_size * fraction), 1), batch_size - 1)
-    b_src = batch_size - b_tgt
-    common = dict(input_size=input_size, p_bg=p_bg, masks_required=False, augment=augment, seed=seed,
-                  rank=rank, world_size=world_size, num_threads=num_threads)
-    streams = [_stream(src, bgs, name="source", batch_size=b_src, read_masks=True, is_target=False, **common)]
+        g_src, g_tgt = split_global_batch(global_batch, fraction)
+    per = world_size * plan.accumulation               # micro-batches of one global batch
+    if g_src % per or g_tgt % per:
+        raise ValueError(f"the global batch's {g_src} source and {g_tgt} target samples do not split into "
+                         f"{world_size} ranks x {plan.accumulation} micro-batches: choose a global batch or "
+                         f"target fraction whose parts are multiples of {per}")
+    b_src, b_tgt = g_src // per, g_tgt // per
+    bg_data = None
+    if bgs is not None:
+        bg_data = OrderedData.of(bgs, [EXT_IMAGE], seed=seed, salt="backgrounds", plan=BatchPlan(1, 1, 1))
+    common = dict(input_size=input_size, p_bg=p_bg, augment=augment, seed=seed, rank=rank, num_threads=num_threads)
+    src_data = OrderedData.of(src, [EXT_IMAGE, EXT_MASK], seed=seed, salt="source",
+                              plan=BatchPlan(g_src, world_size, b_src))
+    streams = [_stream(src_data, bg_data, name="source", batch_size=b_src, read_masks=True, is_target=False,
+                       **common)]
     if tgt is not None:
-        streams.append(_stream(tgt, bgs, name="target", batch_size=b_tgt, read_masks=use_target_masks,
+        tgt_data = OrderedData.of(tgt, [EXT_IMAGE, EXT_MASK] if use_target_masks else [EXT_IMAGE], seed=seed,
+                                  salt="target", plan=BatchPlan(g_tgt, world_size, b_tgt))
+        streams.append(_stream(tgt_data, bg_data, name="target", batch_size=b_tgt, read_masks=use_target_masks,
                                is_target=True, **common))
-    fingerprint = dict(kind="pretrain", samples=[n_src, n_tgt], batch_sizes=[b_src, b_tgt], rank=rank,
-                       world_size=world_size, seed=seed, input_size=input_size, p_bg=p_bg)
-    return Loader(streams, per_rank_min(n_src, world_size) // b_src, fingerprint=fingerprint)
+    fingerprint = dict(kind="pretrain", samples=[n_src, n_tgt], global_batches=[g_src, g_tgt], seed=seed,
+                       input_size=input_size, p_bg=p_bg)
+    return Loader(streams, src_data.batches_per_epoch(), fingerprint=fingerprint, accumulation=plan.accumulation)
 
 
 def segnet_loader(source, *, batch_size: int, input_size: int, seed: int, rank: int, world_size: int,
-                  augment=True, num_threads: int = 2) -> Loader:
-    """Segmentation-network batches from the samples that have a mask (others are skipped):
-    image (B,3,S,S) normalised, mask (B,1,S,S) in [0,1], has_mask (all True), key."""
+                  global_batch: int | None = None, augment=True, num_threads: int = 2) -> Loader:
+    """Segmentation-network batches from the samples that have a mask (others are left out of
+    the order): image (B,3,S,S) normalised, mask (B,1,S,S) in [0,1], has_mask (all True), key."""
     src = ShardSet.at(source)
     n = src.count(require_ext=EXT_MASK)
     if n == 0:
         raise ValueError(f"no sample in {source} has a mask.png: nothing to train the segmentation network on")
-    stream = _stream(src, None, name="segnet", batch_size=batch_size, input_size=input_size, p_bg=0.0,
-                     read_masks=True, masks_required=True, augment=as_augment(augment), seed=seed, rank=rank,
-                     world_size=world_size, num_threads=num_threads, is_target=False)
+    plan = BatchPlan(global_batch or batch_size * world_size, world_size, batch_size)
+    data = OrderedData.of(src, [EXT_IMAGE, EXT_MASK], seed=seed, salt="segnet", plan=plan, require=EXT_MASK)
+    stream = _stream(data, None, name="segnet", batch_size=batch_size, input_size=input_size, p_bg=0.0,
+                     read_masks=True, augment=as_augment(augment), seed=seed, rank=rank, num_threads=num_threads,
+                     is_target=False)
     stream.constants = None
-    fingerprint = dict(kind="segnet", samples=[n], batch_sizes=[batch_size], rank=rank, world_size=world_size,
-                       seed=seed, input_size=input_size)
-    return Loader([stream], per_rank_min(n, world_size) // batch_size, fingerprint=fingerprint)
+    fingerprint = dict(kind="segnet", samples=[n], global_batch=plan.global_batch, seed=seed, input_size=input_size)
+    return Loader([stream], data.batches_per_epoch(), fingerprint=fingerprint, accumulation=plan.accumulation)

@@ -1,17 +1,59 @@
 """Processing steps the pipelines share, each a few DALI operators: reading this rank's part of
-a shard set, decoding, the one resampling pass, normalisation, members a sample may lack, and the
+a shard set (the global order's RankSource; the webdataset reader remains for the benchmark's
+comparison), decoding, the one resampling pass, normalisation, members a sample may lack, and the
 arguments every pipeline gets."""
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 from nvidia.dali import fn, types
 
 from ..device import cpu_image_ops, cuda_available, dali_device_id
+from ..order import BatchPlan, Catalog, GlobalOrder
+from ..ordered_source import RankSource, worker_kwargs
 from .opencv import opencv_warp
 from .seeds import derive_seed
 from .shardset import ShardSet
+
+# Reader worker processes per pipeline: each only preads member bytes (DALI's threads decode),
+# and a spawned worker costs a Python start-up, so one is enough (bench/data_pipeline --readers).
+READER_WORKERS = 1
+
+
+@dataclass(frozen=True)
+class OrderedData:
+    """One stream's data in the global order: the shard set (its left-out samples), its catalog,
+    its order and how global batches are dealt on this world size."""
+    shards: ShardSet
+    catalog: Catalog
+    order: GlobalOrder
+    plan: BatchPlan
+
+    @classmethod
+    def of(cls, shards: ShardSet, exts, *, seed: int, salt: str, plan: BatchPlan, require: str | None = None):
+        catalog = Catalog.of(list(shards.paths), exts)
+        if require is not None:
+            catalog = catalog.having(require)
+        return cls(shards, catalog, GlobalOrder(len(catalog), seed, salt), plan)
+
+    def batches_per_epoch(self) -> int:
+        """Micro-batches per epoch on each rank: whole global batches only."""
+        return self.plan.steps_per_epoch(len(self.catalog)) * self.plan.accumulation
+
+    def source(self, rank: int, start: int, *, draws: int, dtypes=None, backgrounds: "OrderedData | None" = None,
+               background_salt: str = "backgrounds") -> RankSource:
+        """This rank's RankSource whose first micro-batch is number `start` of the run (step
+        start // accumulation, micro-batch start % accumulation); left-out samples substituted."""
+        step, micro = divmod(int(start), self.plan.accumulation)
+        extra = {}
+        if backgrounds is not None:
+            extra = dict(backgrounds=backgrounds.catalog,
+                         background_order=GlobalOrder(len(backgrounds.catalog), self.order.seed, background_salt),
+                         background_skip=backgrounds.catalog.rows_of(backgrounds.shards.left_out))
+        return RankSource(self.catalog, self.order, self.plan, rank, start_step=step, start_micro=micro, draws=draws,
+                          skip=self.catalog.rows_of(self.shards.left_out), dtypes=dtypes, **extra)
 
 
 def reader(shards: ShardSet, ext: list[str], *, name: str, rank: int, world_size: int, seed: int,
@@ -100,15 +142,13 @@ def sample_key(jpg):
     return fn.get_property(jpg, key="source_info")
 
 
-def pipeline_kwargs(*, batch_size: int, num_threads: int, seed: int, rank: int, salt: str,
-                    checkpoint: bytes | None) -> dict:
-    """Arguments every pipeline gets: CPU mode (device_id None) unless CUDA is present."""
+def pipeline_kwargs(*, batch_size: int, num_threads: int, seed: int, rank: int, salt: str) -> dict:
+    """Arguments every pipeline gets: CPU mode (device_id None) unless CUDA is present, and the
+    ordered reader's spawned workers. The pipeline seed no longer draws any augmentation (the
+    samples' own draws do); it stays explicit so that nothing depends on DALI's default."""
     device_id = dali_device_id(torch.cuda.current_device()) if cuda_available() else None
-    kw = dict(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-              seed=derive_seed(seed, rank, salt), prefetch_queue_depth=2)
-    if checkpoint is not None:
-        kw["checkpoint"] = checkpoint
-    return kw
+    return dict(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                seed=derive_seed(seed, rank, salt), prefetch_queue_depth=2, **worker_kwargs(READER_WORKERS))
 
 
 def gpu_outputs(gpu: bool, *nodes):

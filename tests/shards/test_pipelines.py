@@ -261,7 +261,7 @@ def test_resume_from_state_dict_continues_the_same_order(mixed_data):
     for _ in range(4):
         next(it)
     state = json.loads(json.dumps(loader.state_dict()))          # what DeepSpeed's client_state holds
-    assert (state["epoch"], state["step"]) == (0, 4)
+    assert (state["global_step"], state["micro"]) == (4, 0)    # the data position is the global step
     expected = [next(it) for _ in range(5)]                     # crosses the epoch boundary at 6
     resumed = pretrain(mixed_data, seed=7)
     resumed.load_state_dict(state)

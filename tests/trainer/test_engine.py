@@ -110,6 +110,19 @@ def test_batch_sizes_are_derived_and_checked(tmp_path):
         engine.read_ds_config(tmp_path / "nowhere.json", 1)
 
 
+def test_a_resume_keeps_the_global_batch_and_re_derives_the_accumulation(tmp_path):
+    cfg = write_config(tmp_path / "a.json", micro=4, accumulation=1)
+    for world, accumulation in ((1, 4), (2, 2), (4, 1)):
+        c = engine.read_ds_config(cfg, world_size=world, global_batch=16)
+        assert (c["train_batch_size"], c["train_micro_batch_size_per_gpu"], c["gradient_accumulation_steps"]) == \
+            (16, 4, accumulation)
+    with pytest.raises(ConfigError, match=r"global batch 16 does not split into 8 ranks x micro-batch 4.*"
+                                          r"train_micro_batch_size_per_gpu in .*a.json to a divisor of 2 \(e.g. 2\)"):
+        engine.read_ds_config(cfg, world_size=8, global_batch=16)
+    with pytest.raises(ConfigError, match="resume on a number of ranks that divides 16"):
+        engine.read_ds_config(cfg, world_size=3, global_batch=16)
+
+
 def test_every_shipped_config_reads_on_one_and_eight_ranks():
     for path in sorted(engine.DS_CONFIG_DIR.glob("*.json")):
         for world in ((1, 2) if path.name.startswith("cpu_") else (1, 8)):

@@ -274,11 +274,11 @@ def test_sigterm_says_where_to_resume_from(source, reference, tmp_path):
 
 
 # -- a rank lost from a two-rank run -------------------------------------------------------------
-def launch_two_ranks(module: str, args, log):
+def launch_two_ranks(module: str, args, log, ranks: int = 2):
     """`deepspeed --num_gpus 2 --module MODULE ARGS` (the real launcher: 2 CPU ranks, gloo), in a
     session of its own so that a test can end whatever is left of it."""
     from shards.device import free_port
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
            "--module", module, *map(str, args)]
     return subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -461,3 +461,97 @@ def test_a_frozen_rank_stops_the_others_after_dist_timeout(source2, tmp_path):
     assert errors[0].startswith(f"Error: rank 0 lost contact with rank 1 (pid {rank_pid(run_dir, 1)}, stopped)")
     assert "Timed out" in errors[0]
     assert "continue with --resume" in errors[0] or "No checkpoint was written yet" in errors[0]
+
+
+# -- resume on another world size ----------------------------------------------------------------
+def launched(module, args, log_path, ranks):
+    with open(log_path, "w") as log:
+        proc = launch_two_ranks(module, args, log, ranks=ranks)
+        try:
+            assert proc.wait(timeout=600) == 0, Path(log_path).read_text()[-3000:]
+        finally:
+            end_session(proc)
+
+
+def keys_per_global_step(run_dir) -> dict:
+    """{step: set of sample keys} over every rank's keys log (a step logged again after a resume
+    replaces what the earlier session logged for it)."""
+    lines = {}
+    for path in sorted((Path(run_dir) / "ranks").glob("rank*-keys.jsonl")):
+        rank = int(path.name[4:9])
+        for r in map(json.loads, path.read_text().splitlines()):
+            lines[(r["step"], rank, r["micro"])] = r["keys"]
+    steps = {}
+    for (step, _, _), keys in lines.items():
+        steps.setdefault(step, []).extend(keys)
+    assert all(len(k) == len(set(k)) for k in steps.values()), "a sample twice in one global batch"
+    return {step: set(keys) for step, keys in steps.items()}
+
+
+BATCHNORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def max_weight_diff(a_run, b_run) -> float:
+    """Over the trained parameters. BatchNorm's running statistics are buffers each rank keeps
+    for itself (rank 0's are checkpointed): on one rank they have seen both micro-batches of a
+    step, on two only rank 0's, so they differ by design and are left out."""
+    a, b = (read_module_state_dict(checkpoint_tag_dir(r)) for r in (a_run, b_run))
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a
+               if a[k].is_floating_point() and not k.endswith(BATCHNORM_STATISTICS))
+
+
+# Measured on this machine's CPU, fp32: 0.0 for 2 -> 1 and 1 -> 2 (the parameters are bit-equal:
+# gloo's average of two ranks' gradients and DeepSpeed's accumulation of two micro-batches scaled
+# by 1/2 round alike here). A small bound, not 0, for other CPUs' summation orders.
+WORLD_SIZE_TOLERANCE = 1e-6
+
+
+def global16_config(tmp_path, **extra) -> Path:
+    """cpu_finetune.json with the global batch fixed at 16 (micro-batch 8) for any world size."""
+    config = json.loads((REPO / "ds_configs" / "cpu_finetune.json").read_text())
+    config.pop("gradient_accumulation_steps")
+    config.update(train_batch_size=16, train_micro_batch_size_per_gpu=8, **extra)
+    path = tmp_path / "global16.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
+def test_resume_on_another_world_size(source2, two_rank_reference, tmp_path, first, then):
+    """A run started on `first` ranks for 2 steps and resumed on `then` ranks to the end reads the
+    uninterrupted two-rank run's samples in every global step (global batch 16 kept, accumulation
+    re-derived: 2 on one rank, 1 on two) and ends with its weights within reduction-order tolerance."""
+    run_dir = tmp_path / f"run{first}to{then}"
+    args = [*finetune_args(source2, run_dir), "--log-keys", "--ds-config", global16_config(tmp_path)]
+    launched("trainer", [*args, "--max-steps", 2], tmp_path / "first.log", first)
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step00000002"
+    launched("trainer", [*args, "--resume"], tmp_path / "then.log", then)
+
+    resume = [m for m in metrics(run_dir) if m.get("event") == "resume"][0]
+    assert (resume["checkpoint"], resume["checkpoint_world_size"], resume["world_size"]) == ("step00000002", first, then)
+    assert resume["global_batch"] == 16 and resume["gradient_accumulation_steps"] == 2 // then
+    assert keys_per_global_step(run_dir) == keys_per_global_step(two_rank_reference)
+    assert sorted(keys_per_global_step(run_dir)) == list(range(1, STEPS + 1))
+    diff = max_weight_diff(run_dir, two_rank_reference)
+    print(f"{first} -> {then} ranks: max |weight difference| against the uninterrupted two-rank run {diff:.3g}")
+    assert diff <= WORLD_SIZE_TOLERANCE
+
+
+def test_zero1_resume_on_fewer_ranks_goes_through_a_universal_checkpoint(source2, two_rank_reference, tmp_path):
+    """ZeRO stage 1 partitions the optimizer state per rank: a two-rank checkpoint resumed on one
+    rank is converted by DeepSpeed's ds_to_universal (once, into checkpoints/universal/<tag>) and
+    loaded from there; the run ends with the uninterrupted stage-0 two-rank run's weights within
+    tolerance and reads the same samples."""
+    run_dir = tmp_path / "zero1"
+    args = [*finetune_args(source2, run_dir), "--log-keys",
+            "--ds-config", global16_config(tmp_path, zero_optimization={"stage": 1})]
+    launched("trainer", [*args, "--max-steps", 2], tmp_path / "first.log", 2)
+    launched("trainer", [*args, "--resume"], tmp_path / "then.log", 1)
+    assert (run_dir / "checkpoints" / "universal" / "step00000002" / ".complete").is_file()
+    resume = [m for m in metrics(run_dir) if m.get("event") == "resume"][0]
+    assert (resume["checkpoint_world_size"], resume["world_size"]) == (2, 1)
+    assert keys_per_global_step(run_dir) == keys_per_global_step(two_rank_reference)
+    diff = max_weight_diff(run_dir, two_rank_reference)
+    print(f"ZeRO-1, 2 -> 1 ranks through a universal checkpoint: max |weight difference| {diff:.3g}")
+    assert diff <= WORLD_SIZE_TOLERANCE

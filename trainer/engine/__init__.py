@@ -53,7 +53,7 @@ Public API (what the stages use; each name comes from the module named above)
     TrainSettings(run_dir, ds_config, epochs, warmup_epochs, ...)   training_options(...)   click decorator
     settings_from_options(options, stage, default_config) -> TrainSettings;  clear_errors(command)
     init_distributed(timeout_s=1800.0) -> Dist(rank, world_size, local_rank)
-    read_ds_config(path, world_size) -> dict;  default_ds_config(recipe, cpu_name) -> Path
+    read_ds_config(path, world_size, global_batch=None) -> dict;  default_ds_config(recipe, cpu_name) -> Path
     param_groups(model, weight_decay, layer_decay=None) -> list[dict]
     lr_at(step, base_lr, warmup_steps, total_steps, min_lr=0.0) -> float
     start_run(stage, settings, options, model_signature) -> Run     (dist + config + run dir)

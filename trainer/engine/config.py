@@ -19,10 +19,14 @@ def default_ds_config(recipe: str, cpu_name: str) -> Path:
     return DS_CONFIG_DIR / (recipe if cuda_available() else cpu_name)
 
 
-def read_ds_config(path, world_size: int) -> dict:
+def read_ds_config(path, world_size: int, global_batch: int | None = None) -> dict:
     """Load a DeepSpeed JSON and make its batch sizes explicit and consistent:
     train_batch_size = train_micro_batch_size_per_gpu x gradient_accumulation_steps x world size.
-    Any two determine the third; all three must multiply out."""
+    Any two determine the third; all three must multiply out.
+
+    `global_batch` (a --resume: the run's recorded train_batch_size) fixes train_batch_size; the
+    JSON's micro-batch stays and gradient_accumulation_steps is re-derived for this world size,
+    so a run resumed on another number of ranks keeps its global batch."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"DeepSpeed config {path} not found")
@@ -30,6 +34,20 @@ def read_ds_config(path, world_size: int) -> dict:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"DeepSpeed config {path} is not valid JSON: {e}") from None
+    if global_batch is not None:
+        micro = config.get("train_micro_batch_size_per_gpu") or config.get("train_batch_size", global_batch) // (
+            world_size * config.get("gradient_accumulation_steps", 1))
+        if not isinstance(micro, int) or micro < 1 or global_batch % (world_size * micro):
+            per_rank = global_batch // world_size if global_batch % world_size == 0 else None
+            divisors = [d for d in range(1, (per_rank or 0) + 1) if per_rank % d == 0] if per_rank else []
+            raise ConfigError(
+                f"{path}: the run's global batch {global_batch} does not split into {world_size} ranks x micro-batch "
+                f"{micro} x a whole number of accumulation steps; "
+                + (f"set train_micro_batch_size_per_gpu in {path} to a divisor of {per_rank} "
+                   f"(e.g. {max(d for d in divisors if d <= micro) if any(d <= micro for d in divisors) else 1})"
+                   if per_rank else f"resume on a number of ranks that divides {global_batch}"))
+        config = {k: v for k, v in config.items() if k != "gradient_accumulation_steps"}
+        config.update(train_batch_size=global_batch, train_micro_batch_size_per_gpu=micro)
     total = config.get("train_batch_size")
     micro = config.get("train_micro_batch_size_per_gpu")
     accum = config.get("gradient_accumulation_steps")

@@ -69,7 +69,10 @@ def _fit(run: Run, model: torch.nn.Module, loaders: dict, step_fn: Callable, gro
         set_lr(optimizer, schedule.lr(step))
         for micro in range(run.accumulation):
             last = batches.next(step)
-            seed_micro_step(settings.seed, run.dist.rank, step * run.accumulation + micro)
+            # the micro-batch's first position in the global order: the same micro-batch draws the
+            # same masks and drop path on any world size
+            first = step * run.global_batch + run.dist.rank * (run.global_batch // run.dist.world_size)
+            seed_micro_step(settings.seed, first + micro * run.micro_batch)
             out = step_fn(engine, last)
             log.keys(step, micro, out)
             if any_rank(not bool(torch.isfinite(out.loss.detach()).all()), engine.device, run.dist.world_size):

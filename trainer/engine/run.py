@@ -1,5 +1,6 @@
 """A run: its settings, distributed world, DeepSpeed config and run directory (config.json,
-metrics.jsonl), and the checks that a --resume continues the same run."""
+metrics.jsonl), and the checks that a --resume continues the same run (on any world size: the
+global batch is the run's, the data position the global step)."""
 from __future__ import annotations
 
 import json
@@ -63,6 +64,8 @@ class Run:
     dist: Dist
     ds_config: dict
     resume_tag: str | None = None
+    resumed_world_size: int | None = None     # the world size the resumed checkpoint was written on
+    load_dir: Path | None = None              # where DeepSpeed loads the resumed tag from (a universal copy)
 
     @property
     def run_dir(self) -> Path:
@@ -75,6 +78,11 @@ class Run:
     @property
     def micro_batch(self) -> int:
         return self.ds_config["train_micro_batch_size_per_gpu"]
+
+    @property
+    def global_batch(self) -> int:
+        """Samples per optimizer step over all ranks: the run's, whatever the world size now."""
+        return self.ds_config["train_batch_size"]
 
     @property
     def accumulation(self) -> int:
@@ -95,10 +103,16 @@ def start_run(stage: str, settings: TrainSettings, options: dict, model_signatur
     """Distributed start-up, the checked DeepSpeed config and the run directory. Fresh runs
     write config.json; --resume checks the checkpoint and the options against the run's own."""
     dist = init_distributed(settings.dist_timeout)
-    ds_config = add_monitors(read_ds_config(settings.ds_config, dist.world_size), settings.run_dir, settings.wandb)
+    tag = latest_tag(settings.run_dir / CHECKPOINTS)
+    recorded_path = settings.run_dir / "config.json"
+    global_batch = None
+    if tag is not None and settings.resume and recorded_path.is_file():
+        # the global batch is the run's: on another world size the accumulation is re-derived
+        global_batch = json.loads(recorded_path.read_text())["ds_config"]["train_batch_size"]
+    ds_config = add_monitors(read_ds_config(settings.ds_config, dist.world_size, global_batch=global_batch),
+                             settings.run_dir, settings.wandb)
     all_options = {**options, **asdict(settings)}
     run = Run(stage, settings, all_options, model_signature, dist, ds_config)
-    tag = latest_tag(run.checkpoint_dir)
     if tag is not None and not settings.resume:
         raise ConfigError(f"{run.checkpoint_dir} already holds checkpoints (latest {tag}): pass --resume "
                           "to continue that run, or choose another --run-dir")
@@ -110,10 +124,13 @@ def start_run(stage: str, settings: TrainSettings, options: dict, model_signatur
         if meta["stage"] != stage or meta["model"] != model_signature:
             raise ConfigError(f"checkpoint {run.checkpoint_dir / tag} is a {meta['stage']} checkpoint of "
                               f"{meta['model']}; this run builds a {stage} model {model_signature}")
-        if meta["world_size"] != dist.world_size:
-            raise ConfigError(f"checkpoint {run.checkpoint_dir / tag} was written by {meta['world_size']} ranks; "
-                              f"resume it with the same number (now {dist.world_size}): each rank's data "
-                              "position is part of it")
+        zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+        if meta["world_size"] != dist.world_size and zero_stage > 0:
+            # ZeRO partitions the optimizer state per rank (stage 0 keeps it whole in the model
+            # file, which loads on any world size): DeepSpeed's universal checkpoint re-partitions it
+            run.load_dir = universal_checkpoint(run.checkpoint_dir, tag, dist)
+            ds_config.setdefault("checkpoint", {})["load_universal"] = True
+        run.resumed_world_size = meta["world_size"]
         recorded = json.loads((settings.run_dir / "config.json").read_text())
         was, now = _comparable(recorded["options"]), _comparable(all_options)
         changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
@@ -133,6 +150,35 @@ def start_run(stage: str, settings: TrainSettings, options: dict, model_signatur
             "device": "cuda" if cuda_available() else "cpu"}, default=str)
     torch.distributed.barrier()
     return run
+
+
+UNIVERSAL = "universal"
+
+
+def universal_checkpoint(checkpoint_dir: Path, tag: str, dist: Dist) -> Path:
+    """DeepSpeed's universal form of checkpoint `tag` (ZeRO state re-partitionable over any world
+    size), written once by rank 0 into checkpoint_dir/universal/<tag> with DeepSpeed's own
+    converter; returns that load directory. A conversion that fails is one ConfigError on every
+    rank with the converter's last words and the command."""
+    import subprocess
+    out = checkpoint_dir / UNIVERSAL / tag
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint_dir / tag),
+           "--output_folder", str(out), "--inject_missing_state"]
+    error = None
+    if dist.is_main and not (out / ".complete").is_file():
+        import shutil
+        shutil.rmtree(out, ignore_errors=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode == 0:
+            (out / ".complete").write_text("")
+        else:
+            error = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    result = [error]
+    torch.distributed.broadcast_object_list(result, src=0)
+    if result[0] is not None:
+        raise ConfigError(f"could not convert {checkpoint_dir / tag} to DeepSpeed's universal checkpoint for a resume "
+                          f"on {dist.world_size} ranks ({' / '.join(result[0])}); command: {' '.join(cmd)}")
+    return out.parent
 
 
 def _deepspeed_version() -> str:

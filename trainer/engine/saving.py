@@ -71,7 +71,8 @@ def checkpoint_write_failed(run: Run, tag: str, failures: list[str]) -> None:
 
 
 def save_checkpoint(run: Run, engine, loaders: dict, at_step: int, steps_per_epoch: int) -> None:
-    """Checkpoint `at_step` on every rank: DeepSpeed's state, each rank's loader positions, the
+    """Checkpoint `at_step` on every rank: DeepSpeed's state, the loaders' position (the global
+    step and any samples left out: the same on every rank, each writes its own file), the
     posemae.json sidecar; then `latest` names it and the last --keep-checkpoints stay."""
     dist = run.dist
     tag = tag_for(at_step)
@@ -122,14 +123,18 @@ def load_checkpoint(run: Run, engine, loaders: dict) -> int:
     began = time.perf_counter()
     tag_dir = run.checkpoint_dir / run.resume_tag
     check_loads_safely(tag_dir, run.dist.rank)
-    path, _ = engine.load_checkpoint(str(run.checkpoint_dir), run.resume_tag, load_module_strict=True,
+    path, _ = engine.load_checkpoint(str(run.load_dir or run.checkpoint_dir), run.resume_tag, load_module_strict=True,
                                      load_optimizer_states=True, load_lr_scheduler_states=False)
     if path is None:
         raise ConfigError(f"DeepSpeed could not load {tag_dir}")
     step = engine.global_steps
-    positions = json.loads((tag_dir / f"rank{run.dist.rank:05d}.json").read_text())
+    # Every rank's loaders are at the same global step (the data position), so rank 0's file
+    # serves any rank of any world size.
+    positions = json.loads((tag_dir / f"rank{0:05d}.json").read_text())
     for name, loader in loaders.items():
         loader.load_state_dict(positions["loaders"][name])
     run.log({"event": "resume", "step": step, "checkpoint": run.resume_tag, "command": sys.argv,
+             "world_size": run.dist.world_size, "checkpoint_world_size": run.resumed_world_size,
+             "global_batch": run.global_batch, "gradient_accumulation_steps": run.accumulation,
              "load_seconds": round(time.perf_counter() - began, 3)})
     return step

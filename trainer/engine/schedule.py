@@ -47,10 +47,13 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def seed_micro_step(seed: int, rank: int, micro_step: int) -> None:
-    """Masking, drop path and every other torch randomness are a function of (seed, rank,
-    micro-step), so a resumed run draws exactly what the uninterrupted one would have."""
-    state = np.random.SeedSequence([seed, rank, micro_step]).generate_state(2, dtype=np.uint32)
+def seed_micro_step(seed: int, first_position: int) -> None:
+    """Masking, drop path and every other torch randomness are a function of (seed, the position
+    of the micro-batch's first sample in the global order). A micro-batch holds the same samples
+    whichever rank and accumulation step computes it (shards.order.BatchPlan deals them
+    rank-major), so a run resumed on any world size draws exactly what the uninterrupted one would
+    have, given the same micro-batch size."""
+    state = np.random.SeedSequence([seed, first_position]).generate_state(2, dtype=np.uint32)
     torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
