@@ -25,7 +25,6 @@ the other ranks waiting in a collective until --dist-timeout.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -155,11 +154,6 @@ class EvalSource:
                       for e in range(len(self.catalog.exts))],
                     np.frombuffer(str(self.catalog.keys[int(r)]).encode(), np.uint8)) for r in rows]
         return tuple(list(column) for column in zip(*samples))
-
-
-# A pipeline that leaves an output unused (the position, a label the stage ignores) costs the
-# workers a few bytes per sample: not worth a callback per combination, nor a warning per build.
-warnings.filterwarnings("ignore", message=r"The external source node .* not used")
 
 
 def ordered_reader(source: "RankSource | EvalSource", name: str | None = None, prefetch: int = 2, per_batch: bool = True):

@@ -3,7 +3,10 @@
     runs/<name>/checkpoints/latest            the tag of the newest complete checkpoint
     runs/<name>/checkpoints/step00001000/     one tag: DeepSpeed's files (MODEL_STATES, the
         optimizer's per-rank files), posemae.json (stage, model signature, step, world size,
-        epoch, options) and rank<r>.json (that rank's loader positions)
+        epoch, options) and rank<r>.json (the loaders' position: the global step, the same on
+        every rank, and the samples left out)
+    runs/<name>/checkpoints/universal/<tag>/  DeepSpeed's universal form of a ZeRO tag, written when
+        a run is resumed on another world size
 
 Every reader accepts a run directory, its checkpoints/ directory or one tag directory.
 """
@@ -56,12 +59,22 @@ def read_checkpoint_meta(path) -> dict:
     return json.loads(meta.read_text())
 
 
+def deepspeed_plain_data() -> list:
+    """DeepSpeed classes its ZeRO optimizer files pickle that hold plain data only (the loss
+    scaler's numbers, the stage enum, a fragment's offsets): allowed for weights_only loading."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
 def check_loads_safely(tag_dir: Path, rank: int) -> None:
     """DeepSpeed unpickles its checkpoint files with weights_only=False: first make sure the files
     this rank will read hold nothing but tensors and plain data (weights_only=True loads them)."""
     for path in [tag_dir / MODEL_STATES, *tag_dir.glob(f"*zero_pp_rank_{rank}_mp_rank_*_optim_states.pt")]:
         try:
-            torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(deepspeed_plain_data()):
+                torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # missing, truncated, or carrying arbitrary objects: say which file
             raise CheckpointError(f"checkpoint file {path} cannot be loaded safely: {e}") from None
 

@@ -3,6 +3,7 @@ tensors, with a position that checkpoints and resumes mid-epoch, and bad samples
 request."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -123,7 +124,7 @@ class Loader:
     def _build(self):
         self._pipes = [s.build(start) for s, start in zip(self.streams, self._produced)]
         for p in self._pipes:
-            p.build()
+            build_quietly(p)
 
     def __iter__(self):
         if self._pipes is None:
@@ -169,7 +170,7 @@ class Loader:
             if any(shards is c for shards in stream.shards for c in changed):
                 self._pipes[j] = None                  # frees the old pipeline's threads and workers first
                 self._pipes[j] = stream.build(self._produced[j])
-                self._pipes[j].build()
+                build_quietly(self._pipes[j])
 
     def _next_batch(self) -> dict:
         outputs = [self._run(i) for i in range(len(self.streams))]
@@ -185,6 +186,14 @@ class Loader:
             position = self.step * total + torch.arange(total)
             batch["valid"] = (position < self.valid_per_epoch).to(device_of(batch))
         return batch
+
+
+def build_quietly(pipe) -> None:
+    """pipe.build() without DALI's warning about reader outputs a pipeline leaves unused (the
+    position, a label the stage ignores: a few bytes per sample, not worth a callback each)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The external source node .* not used")
+        pipe.build()
 
 
 def device_of(batch: dict) -> torch.device:
