@@ -255,7 +255,7 @@ def stage_pipeline(stage: str, paths, batch_size: int, threads: int):
     from shards.pipelines.augment import Augment, colour_normalisation, crop_to_input, with_mask_channel
     from shards.pipelines.shardset import ShardSet
     from shards.pipelines.steps import decode_image, image_size, mask_or_zeros, normalise, reader, warp
-    from shards.pipelines.pretrain import composite_and_normalise
+    from shards.pipelines.pretrain import PRETRAIN_DRAWS, composite_and_normalise
     gpu = cuda_available()
     src, bgs = ShardSet.at(paths["source"]), ShardSet.at(paths["backgrounds"])
     common = dict(rank=0, world_size=1, seed=0, shuffle=True)
@@ -280,7 +280,9 @@ def stage_pipeline(stage: str, paths, batch_size: int, threads: int):
         if stage in ("normalise", "colour"):
             return normalise(both, *with_mask_channel(mean, std))
         swap = fn.random.coin_flip(probability=0.5, dtype=types.BOOL) & has_mask
-        return composite_and_normalise(both, bg, swap, mean, std, INPUT, gpu, seed=1)
+        # the background window's position: uniform draws, as a sample's own draws give it
+        draws = fn.random.uniform(range=[0.0, 1.0], shape=[PRETRAIN_DRAWS], seed=1)
+        return composite_and_normalise(both, bg, swap, mean, std, INPUT, gpu, draws)
     return graph()
 
 
