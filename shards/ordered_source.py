@@ -25,6 +25,7 @@ the other ranks waiting in a collective until --dist-timeout.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,6 +70,10 @@ class RankSource:
     def __getstate__(self):
         return {**self.__dict__, "_files": {}}       # file descriptors stay in their process
 
+    def __setstate__(self, state):                   # in a reader worker, as it starts
+        self.__dict__.update(state)
+        die_with_parent()
+
     @property
     def num_outputs(self) -> int:
         return len(self.catalog.exts) + 2 + (1 if self.draws else 0) + (1 if self.backgrounds is not None else 0)
@@ -107,6 +112,20 @@ class RankSource:
         return data if self.dtypes is None else data.view(self.dtypes[ext])
 
 
+def die_with_parent() -> None:
+    """Make this reader worker end with the process that started it (Linux: PR_SET_PDEATHSIG).
+    DALI's workers outlive a rank killed with kill -9 otherwise, holding its stdout and stderr
+    open (whoever waits for them to close waits forever), its memory and its shard files."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)    # 1: PR_SET_PDEATHSIG
+    if parent == 1 or os.getppid() != parent:                      # it died before the call
+        os._exit(1)
+
+
 def substitute(row: int, skip: frozenset, size: int) -> int:
     """`row`, or where it was left out the next row in storage order that was not."""
     while row in skip:
@@ -143,6 +162,10 @@ class EvalSource:
 
     def __getstate__(self):
         return {**self.__dict__, "_files": {}}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        die_with_parent()
 
     @property
     def num_outputs(self) -> int:

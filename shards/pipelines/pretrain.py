@@ -25,7 +25,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dmath
 
 from ..device import cuda_available
-from ..order import BatchPlan, split_global_batch
+from ..order import BatchPlan
 from ..ordered_source import AUGMENT_DRAWS, colour_normalisation_drawn, crop_to_input_drawn, ordered_reader
 from ..schema import EXT_IMAGE, EXT_MASK
 from .augment import Augment, as_augment, colour_normalisation, crop_to_input, with_mask_channel
@@ -138,10 +138,10 @@ def pretrain_loader(source, target, backgrounds, *, batch_size: int, input_size:
     sample has none), has_mask (B,) bool, is_target (B,) bool, key (list of B str).
 
     `batch_size` is the micro-batch, `global_batch` (default batch_size x world_size) the samples
-    of one optimizer step over all ranks. Every global batch holds round(global_batch *
-    target_fraction) target samples (split_global_batch), target_fraction defaulting to the
-    target's share of all samples; source and target each follow their own global order, so the
-    mix is the same on any number of ranks. `target` None: source only; `backgrounds` None or
+    of one optimizer step over all ranks. Every micro-batch holds round(batch_size *
+    target_fraction) target samples, target_fraction defaulting to the target's share of all
+    samples; source and target each follow their own global order, so the mix (a function of
+    the global batch and the micro-batch) is the same on any number of ranks. `target` None: source only; `backgrounds` None or
     p_bg 0: no background replacement. use_target_masks False reads no target masks (the "w/o
     M_T" ablation: mask 0, no swap on target images). An epoch is one pass over the source's
     whole global batches; the target stream runs on alongside. Source and target are separate
@@ -155,20 +155,20 @@ def pretrain_loader(source, target, backgrounds, *, batch_size: int, input_size:
     tgt = ShardSet.at(target) if target is not None else None
     bgs = ShardSet.at(backgrounds) if backgrounds is not None and p_bg > 0 else None
     n_src, n_tgt = src.count(), (tgt.count() if tgt else 0)
-    g_src, g_tgt = global_batch, 0
+    b_tgt = 0
     if tgt is not None:
         if batch_size < 2:
             raise ValueError("source and target in every batch need batch_size >= 2")
         fraction = n_tgt / (n_src + n_tgt) if target_fraction is None else float(target_fraction)
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"target_fraction must be in (0, 1), got {fraction}")
-        g_src, g_tgt = split_global_batch(global_batch, fraction)
-    per = world_size * plan.accumulation               # micro-batches of one global batch
-    if g_src % per or g_tgt % per:
-        raise ValueError(f"the global batch's {g_src} source and {g_tgt} target samples do not split into "
-                         f"{world_size} ranks x {plan.accumulation} micro-batches: choose a global batch or "
-                         f"target fraction whose parts are multiples of {per}")
-    b_src, b_tgt = g_src // per, g_tgt // per
+        b_tgt = min(max(round(batch_size * fraction), 1), batch_size - 1)
+    b_src = batch_size - b_tgt
+    # Every micro-batch holds b_src source and b_tgt target samples, so every global batch holds
+    # (b_src, b_tgt) x global_batch / micro-batch: fixed by the global batch and the micro-batch,
+    # the same on any number of ranks (and always divisible among them).
+    per = world_size * plan.accumulation
+    g_src, g_tgt = b_src * per, b_tgt * per
     bg_data = None
     if bgs is not None:
         bg_data = OrderedData.of(bgs, [EXT_IMAGE], seed=seed, salt="backgrounds", plan=BatchPlan(1, 1, 1))
