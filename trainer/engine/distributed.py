@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -54,7 +56,23 @@ def init_distributed(timeout_s: float = 1800.0) -> Dist:
             if not own_world or "EADDRINUSE" not in str(e) or attempt == 4:
                 raise
             os.environ["MASTER_PORT"] = str(free_port())
-    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
+    dist = Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
+    unlink_shm_allreduce_buffer(dist)
+    return dist
+
+
+def unlink_shm_allreduce_buffer(dist: Dist) -> None:
+    """DeepSpeed's CPU ranks all on one machine (LOCAL_SIZE = world size) share a POSIX shared-memory
+    buffer per rank, /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank> (about 40 MB),
+    that nothing ever unlinks: every launched run left them behind until /dev/shm (RAM) filled and
+    the kernel's OOM killer ended a rank. Every rank maps every peer's buffer while DeepSpeed
+    initialises; after a barrier each rank unlinks its own name, and the mappings live on."""
+    if cuda_available() or not sys.platform.startswith("linux") or os.environ.get("LOCAL_SIZE") != str(dist.world_size):
+        return
+    torch.distributed.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{dist.rank}")
+    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def mean_over_ranks(values: dict, device, world_size: int) -> dict:
