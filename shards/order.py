@@ -172,23 +172,17 @@ def _permutation(size: int, seed: int, salt: str, epoch: int) -> np.ndarray:
     return permutation
 
 
-def sample_draws(seed: int, salt: str, position: int, count: int) -> np.ndarray:
-    """`count` U[0, 1) float32 draws of one stream position (its augmentation), the same on any
-    rank and worker: a counter-based hash (SplitMix64's finaliser) of (seed, salt, position, k).
-    Python integers: for a handful of draws they beat numpy's per-call overhead, and a numpy
-    Generator per sample costs more than reading the sample."""
+def sample_draws(seed: int, salt: str, positions, count: int) -> np.ndarray:
+    """(len(positions), count) U[0, 1) float32 draws, row i those of stream position positions[i]
+    (its augmentation): the same on any rank and worker. A counter-based hash (SplitMix64's
+    finaliser) of (seed, salt, position, k), in uint64 arithmetic that wraps as the hash wants."""
     seed_word, salt_word = _stream_seed(seed, salt)
-    key, base = (seed_word << 32) | salt_word, (int(position) * 0x9E3779B97F4A7C15) & _U64
-    out = []
-    for k in range(1, count + 1):
-        x = key ^ ((base + k * 0xD1B54A32D192ED03) & _U64)
-        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _U64
-        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _U64
-        out.append(((x ^ (x >> 31)) >> 40) / (1 << 24))       # the top 24 bits: exact in float32
-    return np.array(out, np.float32)
-
-
-_U64 = (1 << 64) - 1
+    key = np.uint64((seed_word << 32) | salt_word)
+    base = np.asarray(positions, np.int64).astype(np.uint64)[:, None] * np.uint64(0x9E3779B97F4A7C15)
+    x = key ^ (base + np.arange(1, count + 1, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return ((x ^ (x >> np.uint64(31))) >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)  # top 24 bits: exact
 
 
 # -- global batches -------------------------------------------------------------------------------
@@ -239,14 +233,6 @@ class BatchPlan:
 
     def sample_indices(self, order: GlobalOrder, step: int, micro: int, rank: int) -> np.ndarray:
         return order.sample_at(self.positions(order.size, step, micro, rank))
-
-
-def split_global_batch(global_batch: int, fraction: float) -> tuple[int, int]:
-    """(source, target) samples of every global batch for a target share `fraction`: fixed by the
-    global batch alone, so the pre-training mix is the same on any number of ranks (each part must
-    then divide by world_size x accumulation, as BatchPlan checks)."""
-    target = min(max(round(global_batch * fraction), 1), global_batch - 1)
-    return global_batch - target, target
 
 
 # -- evaluation -----------------------------------------------------------------------------------

@@ -1,6 +1,12 @@
-"""The paper's augmentation as DALI graph pieces: the random crop->input affine (rotation, zoom,
-shift) and the colour jitter folded into the ImageNet normalisation. Every random operator has its
-own seed (seeds.op_seed)."""
+"""The paper's augmentation: its magnitudes (Augment), and as DALI graph pieces the crop->input
+affine (rotation, zoom, shift) and the colour jitter folded into the ImageNet normalisation.
+
+The training pipelines take the augmentation's random numbers from each sample's position in the
+global order, and their reader workers compute it (shards.ordered_source.augment_parameters, the
+same maths as here). With augment=None the functions below give the plain resize and
+normalisation every pipeline uses without augmentation; with an Augment they draw from DALI's
+random operators (each with its own seed, seeds.op_seed), a per-pipeline stream that a reader
+in any other order can use (bench/data_pipeline.py's webdataset reader)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from ..device import cuda_available
 from ..order import BatchPlan
-from ..ordered_source import AUGMENT_DRAWS
 from ..schema import EXT_IMAGE
 from .augment import as_augment
 from .loader import Loader, Stream
@@ -15,11 +14,12 @@ from .steps import OrderedData, pipeline_kwargs
 
 
 def pose_stream(pipeline, data: OrderedData, *, name: str, names: tuple, batch_size: int, seed: int, rank: int,
-                num_threads: int, dtypes=None, **graph) -> Stream:
-    """A Stream of one of the pose training pipelines (pose.py) over `data`; `graph`: its own arguments."""
+                num_threads: int, input_size: int, augment, dtypes=None, **graph) -> Stream:
+    """A Stream of one of the pose training pipelines (pose.py) over `data`, its samples augmented
+    by `augment` (an Augment or None); `graph`: the pipeline's own arguments."""
     def build(start):
-        source = data.source(rank, start, draws=AUGMENT_DRAWS, dtypes=dtypes)
-        return pipeline(source, gpu=cuda_available(), **graph,
+        source = data.source(rank, start, augment=augment, input_size=input_size, dtypes=dtypes)
+        return pipeline(source, gpu=cuda_available(), input_size=input_size, **graph,
                         **pipeline_kwargs(batch_size=batch_size, num_threads=num_threads, seed=seed, rank=rank,
                                           salt=name))
     return Stream(build, batch_size, names, [data.shards])

@@ -221,8 +221,8 @@ def stack_batches(lists, total: int) -> torch.Tensor:
 
 
 def keys_of(lists) -> list[str]:
-    """The readers' key outputs (uint8 bytes per sample) -> the sample keys."""
-    return [bytes(np.asarray(tl.at(i))).decode() for tl in lists for i in range(len(tl))]
+    """The readers' key outputs (uint8 bytes per sample, zero-padded) -> the sample keys."""
+    return [bytes(np.asarray(tl.at(i))).rstrip(b"\0").decode() for tl in lists for i in range(len(tl))]
 
 
 def per_rank_min(total: int, world_size: int) -> int:

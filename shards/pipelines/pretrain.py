@@ -26,18 +26,18 @@ from nvidia.dali import math as dmath
 
 from ..device import cuda_available
 from ..order import BatchPlan
-from ..ordered_source import AUGMENT_DRAWS, colour_normalisation_drawn, crop_to_input_drawn, ordered_reader
+from ..ordered_source import crop_to_input_from, ordered_reader
 from ..schema import EXT_IMAGE, EXT_MASK
-from .augment import Augment, as_augment, colour_normalisation, crop_to_input, with_mask_channel
+from .augment import as_augment, colour_normalisation, crop_to_input, with_mask_channel
 from .loader import Loader, Stream
 from .opencv import opencv_composite
 from .shardset import ShardSet
 from .steps import (OrderedData, decode_image, gpu_outputs, image_size, mask_or_zeros, normalise, pipeline_kwargs,
                     uses_dali_image_ops, warp, zero_mask)
 
-# the sample's draws: the augmentation's, then the background coin and the background window's x, y
-SWAP, BG_X, BG_Y = AUGMENT_DRAWS, AUGMENT_DRAWS + 1, AUGMENT_DRAWS + 2
-PRETRAIN_DRAWS = AUGMENT_DRAWS + 3
+# the sample's own draws (beside its augmentation's): the background coin, the background window's x, y
+SWAP, BG_X, BG_Y = 0, 1, 2
+PRETRAIN_DRAWS = 3
 
 
 def composite_and_normalise(both, background_jpg, swap, mean, std, input_size: int, gpu: bool, draws):
@@ -78,39 +78,35 @@ def random_background(jpg, input_size: int, gpu: bool, draws):
 
 
 @pipeline_def(enable_conditionals=True)
-def pretrain_pipeline(source, *, input_size: int, p_bg: float, read_masks: bool, augment: Augment | None, gpu: bool):
+def pretrain_pipeline(source, *, input_size: int, p_bg: float, read_masks: bool, gpu: bool):
     """Outputs image (3,S,S) float, mask (1,S,S) float in [0,1], has_mask bool, key. `source`: a
-    RankSource over [jpg, mask.png] (or [jpg] without masks), with PRETRAIN_DRAWS draws and, for
-    background replacement, each position's background."""
-    outputs = list(ordered_reader(source))
-    jpg = outputs.pop(0)
-    png = outputs.pop(0) if read_masks else None
-    key, _, draws = outputs[:3]
-    background_jpg = outputs[3] if len(outputs) > 3 else None
+    RankSource over [jpg, mask.png] (or [jpg] without masks), with PRETRAIN_DRAWS draws, its
+    augmentation (or none) and, for background replacement, each position's background."""
+    out = dict(zip(source.names, ordered_reader(source)))
+    jpg, draws = out[EXT_IMAGE], out["draws"]
     hw = image_size(jpg)
     image = decode_image(jpg, gpu)
     if read_masks:
-        mask, has_mask = mask_or_zeros(png, hw)
+        mask, has_mask = mask_or_zeros(out[EXT_MASK], hw)
     else:                                   # masks ignored: all background, never swapped
         mask = zero_mask(hw)
         has_mask = fn.constant(idata=[0], shape=[], dtype=types.BOOL)
     if gpu:
         mask = mask.gpu()
 
-    if augment is None:
-        matrix, (mean, std) = crop_to_input(hw, input_size, None, 0), colour_normalisation(None, 0)
+    if "affine" in out:
+        matrix, mean, std = crop_to_input_from(hw, out["affine"]), out["mean"], out["std"]
     else:
-        matrix = crop_to_input_drawn(hw, input_size, augment, draws)
-        mean, std = colour_normalisation_drawn(augment, draws)
+        matrix, (mean, std) = crop_to_input(hw, input_size, None, 0), colour_normalisation(None, 0)
     both = warp(fn.cat(image, mask, axis=2), matrix, input_size, gpu)
-    if background_jpg is None:
+    if "background" not in out:
         both = normalise(both, *with_mask_channel(mean, std))
-        return (*gpu_outputs(gpu, both[0:3], both[3:4], has_mask), key)
+        return (*gpu_outputs(gpu, both[0:3], both[3:4], has_mask), out["key"])
 
     # every position has its background (GlobalOrder of the backgrounds), swapped or not
     swap = (draws[SWAP] < p_bg) & has_mask
-    image, mask = composite_and_normalise(both, background_jpg, swap, mean, std, input_size, gpu, draws)
-    return (*gpu_outputs(gpu, image, mask, has_mask), key)
+    image, mask = composite_and_normalise(both, out["background"], swap, mean, std, input_size, gpu, draws)
+    return (*gpu_outputs(gpu, image, mask, has_mask), out["key"])
 
 
 NAMES = ("image", "mask", "has_mask", "key")
@@ -121,10 +117,10 @@ def _stream(data: OrderedData, backgrounds: OrderedData | None, *, name, batch_s
     gpu = cuda_available()
 
     def build(start):
-        source = data.source(rank, start, draws=PRETRAIN_DRAWS, backgrounds=backgrounds,
-                             background_salt=f"backgrounds/{name}")
+        source = data.source(rank, start, draws=PRETRAIN_DRAWS, augment=augment, input_size=input_size,
+                             backgrounds=backgrounds, background_salt=f"backgrounds/{name}")
         return pretrain_pipeline(
-            source, input_size=input_size, p_bg=p_bg, read_masks=read_masks, augment=augment, gpu=gpu,
+            source, input_size=input_size, p_bg=p_bg, read_masks=read_masks, gpu=gpu,
             **pipeline_kwargs(batch_size=batch_size, num_threads=num_threads, seed=seed, rank=rank, salt=name))
     shard_sets = [data.shards] + ([backgrounds.shards] if backgrounds is not None else [])
     return Stream(build, batch_size, NAMES, shard_sets, constants={"is_target": is_target})

@@ -12,14 +12,11 @@ from nvidia.dali import fn, types
 
 from ..device import cpu_image_ops, cuda_available, dali_device_id
 from ..order import BatchPlan, Catalog, GlobalOrder
-from ..ordered_source import RankSource, worker_kwargs
+from ..ordered_source import RankSource, reader_workers, worker_kwargs
 from .opencv import opencv_warp
 from .seeds import derive_seed
 from .shardset import ShardSet
 
-# Reader worker processes per pipeline: each only preads member bytes (DALI's threads decode),
-# and a spawned worker costs a Python start-up, so one is enough (bench/data_pipeline --readers).
-READER_WORKERS = 1
 
 
 @dataclass(frozen=True)
@@ -42,10 +39,11 @@ class OrderedData:
         """Micro-batches per epoch on each rank: whole global batches only."""
         return self.plan.steps_per_epoch(len(self.catalog)) * self.plan.accumulation
 
-    def source(self, rank: int, start: int, *, draws: int, dtypes=None, backgrounds: "OrderedData | None" = None,
-               background_salt: str = "backgrounds") -> RankSource:
+    def source(self, rank: int, start: int, *, draws: int = 0, augment=None, input_size: int = 0, dtypes=None,
+               backgrounds: "OrderedData | None" = None, background_salt: str = "backgrounds") -> RankSource:
         """This rank's RankSource whose first micro-batch is number `start` of the run (step
-        start // accumulation, micro-batch start % accumulation); left-out samples substituted."""
+        start // accumulation, micro-batch start % accumulation); left-out samples substituted.
+        `draws`, `augment`, `input_size`: RankSource's."""
         step, micro = divmod(int(start), self.plan.accumulation)
         extra = {}
         if backgrounds is not None:
@@ -53,7 +51,7 @@ class OrderedData:
                          background_order=GlobalOrder(len(backgrounds.catalog), self.order.seed, background_salt),
                          background_skip=backgrounds.catalog.rows_of(backgrounds.shards.left_out))
         return RankSource(self.catalog, self.order, self.plan, rank, start_step=step, start_micro=micro, draws=draws,
-                          skip=self.catalog.rows_of(self.shards.left_out), dtypes=dtypes, **extra)
+                          augment=augment, input_size=input_size, skip=self.catalog.rows_of(self.shards.left_out), dtypes=dtypes, **extra)
 
 
 def reader(shards: ShardSet, ext: list[str], *, name: str, rank: int, world_size: int, seed: int,
@@ -148,7 +146,7 @@ def pipeline_kwargs(*, batch_size: int, num_threads: int, seed: int, rank: int, 
     samples' own draws do); it stays explicit so that nothing depends on DALI's default."""
     device_id = dali_device_id(torch.cuda.current_device()) if cuda_available() else None
     return dict(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                seed=derive_seed(seed, rank, salt), prefetch_queue_depth=2, **worker_kwargs(READER_WORKERS))
+                seed=derive_seed(seed, rank, salt), prefetch_queue_depth=2, **worker_kwargs(reader_workers()))
 
 
 def gpu_outputs(gpu: bool, *nodes):

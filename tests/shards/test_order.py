@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from nvidia.dali import fn, pipeline_def, types
 
-from shards.order import BatchPlan, Catalog, GlobalOrder, eval_rows, split_global_batch
-from shards.ordered_source import RankSource, key_strings, ordered_reader, worker_kwargs
+from shards.order import BatchPlan, Catalog, GlobalOrder, eval_rows, sample_draws
+from shards.ordered_source import (AUGMENT_DRAWS, RankSource, augment_parameters, crop_to_input_from, key_strings,
+                                   ordered_reader, worker_kwargs)
+from shards.pipelines.augment import IMAGENET_MEAN, IMAGENET_STD, Augment
+from shards.pipelines.steps import image_size
 from shards.schema import SampleError
 from tests.shards.synthetic import blob_mask, hand_sample, write_shards
 
@@ -61,7 +64,6 @@ def test_batch_plan_refuses_a_global_batch_the_ranks_cannot_share():
         BatchPlan(16, 3, 4)
     with pytest.raises(ValueError, match="make no global batch"):
         BatchPlan(64, 2, 4).steps_per_epoch(N)
-    assert split_global_batch(4096, 0.25) == (3072, 1024)
 
 
 @pytest.mark.parametrize("size", [1, 7, 50])
@@ -116,34 +118,108 @@ def test_a_bad_index_or_a_truncated_tar_is_named(shards, tmp_path):
         source.read(int(rows[-2]), 0)
 
 
-# -- DALI in the global order -----------------------------------------------------------------------
+def test_sample_draws_are_a_stable_function_of_seed_salt_and_position():
+    """The augmentation of a resumed run is the original's only if the draws never change: pinned
+    values (those of the first, per-position implementation), rows independent of which other
+    positions share the call, U[0, 1) in float32."""
+    assert sample_draws(0, "source", [0], 4)[0].tolist() == [0.5826772451400757, 0.834557294845581,
+                                                             0.49464088678359985, 0.7029209136962891]
+    assert sample_draws(0, "source", [123456789], 2)[0].tolist() == [0.07603007555007935, 0.5118311643600464]
+    many = sample_draws(0, "source", np.arange(5000), 12)
+    assert many.shape == (5000, 12) and many.dtype == np.float32
+    assert np.array_equal(many[[7, 4999, 0]], sample_draws(0, "source", [7, 4999, 0], 12))
+    assert not np.array_equal(many[:10], sample_draws(0, "target", np.arange(10), 12))
+    assert not np.array_equal(many[:10], sample_draws(1, "source", np.arange(10), 12))
+    assert many.min() >= 0 and many.max() < 1 and abs(many.mean() - 0.5) < 0.01
+
+
 @pipeline_def
-def augmenting_pipeline(source, per_batch=True):
-    """Decode, then a brightness and a crop drawn from the sample's own draws (u)."""
-    jpg, png, key, position, u = ordered_reader(source, per_batch=per_batch)
+def augmentation_by_dali_operators(draws, sizes, augment, size):
+    """The reference: shards.pipelines.augment's crop_to_input and colour_normalisation maths
+    with given draws, as DALI operators compute it."""
+    u, hw = fn.external_source(source=lambda: draws), fn.external_source(source=lambda: sizes)
+    h, w, s = hw[0], hw[1], float(size)
+
+    def between(x, lo, hi):
+        return x * (hi - lo) + lo
+    zoom, angle = between(u[0], *augment.scale), between(u[1], -augment.rotation_deg, augment.rotation_deg)
+    shift = fn.stack(between(u[2], -augment.translate * s, augment.translate * s),
+                     between(u[3], -augment.translate * s, augment.translate * s))
+    mt = fn.transforms.translation(offset=fn.stack(-0.5 * w, -0.5 * h))
+    mt = fn.transforms.scale(mt, scale=fn.stack(zoom * s / w, zoom * s / h))
+    mt = fn.transforms.rotation(mt, angle=angle)
+    mt = fn.transforms.translation(mt, offset=shift + 0.5 * s)
+    brightness = between(u[4], 1 - augment.brightness, 1 + augment.brightness)
+    contrast = between(u[5], 1 - augment.contrast, 1 + augment.contrast)
+    gain = between(u[6:9], 1 - augment.colour_gain, 1 + augment.colour_gain)
+    a, b = gain * (brightness * contrast), gain * (brightness * 128.0 * (1.0 - contrast))
+    mean = (fn.constant(fdata=[255.0 * m for m in IMAGENET_MEAN], shape=[3]) - b) / a
+    std = fn.constant(fdata=[255.0 * m for m in IMAGENET_STD], shape=[3]) / a
+    return mt, mean, std
+
+
+@pipeline_def
+def matrices_from_parameters(affine, sizes):
+    return crop_to_input_from(fn.external_source(source=lambda: sizes), fn.external_source(source=lambda: affine))
+
+
+def test_augment_parameters_equal_the_dali_operator_maths():
+    """The workers' numpy augmentation (affine, mean, std) composed in the pipeline equals the
+    same maths done by DALI's transform and arithmetic operators (rotation direction, order of
+    the steps, the colour fold), to float32 rounding."""
+    augment, size, n = Augment(), 64, 16
+    draws = sample_draws(3, "source", np.arange(n), AUGMENT_DRAWS)
+    hw = np.random.default_rng(0).integers(40, 300, size=(n, 2)).astype(np.float32)
+    kwargs = dict(batch_size=n, num_threads=1, device_id=None)
+    reference = augmentation_by_dali_operators(list(draws), list(hw), augment, size, **kwargs)
+    reference.build()
+    matrix_ref, mean_ref, std_ref = (np.stack([np.asarray(t[i]) for i in range(n)]) for t in reference.run())
+    affine, mean, std = augment_parameters(draws, augment, size)
+    assert affine.shape == (n, 2, 3) and mean.shape == std.shape == (n, 3)
+    ours = matrices_from_parameters(list(affine), list(hw), **kwargs)
+    ours.build()
+    matrix = np.stack([np.asarray(t) for t in ours.run()[0]])
+    np.testing.assert_allclose(matrix, matrix_ref, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-5)
+    np.testing.assert_allclose(std, std_ref, rtol=1e-5)
+    # and the augmentation is not the identity: zoom, rotation and shift all vary
+    assert np.ptp(np.linalg.det(matrix[:, :, :2] / size * hw[:, None, ::-1])) > 0.1 and np.ptp(matrix[:, 0, 2]) > 5
+
+
+# -- DALI in the global order -----------------------------------------------------------------------
+SIDE = 24
+
+
+@pipeline_def
+def augmenting_pipeline(source):
+    """Decode, then the sample's own augmentation (RankSource's affine, mean, std) and a factor
+    drawn from its extra draws."""
+    jpg, png, key, u, affine, mean, std = ordered_reader(source)
     image = fn.decoders.image(jpg, output_type=types.RGB)
-    image = fn.crop(image, crop=[24, 24], crop_pos_x=u[0], crop_pos_y=u[1])
-    image = fn.cast(image, dtype=types.FLOAT) * (0.5 + u[2])
-    return image, key, position, png.shape()      # mask.png bytes: present or empty
+    image = fn.warp_affine(image, matrix=crop_to_input_from(image_size(jpg), affine), size=[SIDE, SIDE],
+                           inverse_map=False)
+    image = fn.crop_mirror_normalize(image, mean=mean, std=std, output_layout="HWC") * (0.5 + u[2])
+    return image, key, png.shape()      # mask.png bytes: present or empty
 
 
-def read_global_batches(shards, world_size, micro_batch, steps, start_step=0, per_batch=True):
+def read_global_batches(shards, world_size, micro_batch, steps, start_step=0):
     """{step: {key: image}} over every rank of a world, and the per-rank micro-batch key lists."""
     catalog = Catalog.of(shards, ["jpg", "mask.png"])
     order = GlobalOrder(len(catalog), seed=5, salt="source")
     plan = BatchPlan(8, world_size, micro_batch)
     out, dealt = {}, []
     for rank in range(world_size):
-        source = RankSource(catalog, order, plan, rank, start_step=start_step, draws=3)
-        pipe = augmenting_pipeline(source, per_batch, batch_size=micro_batch, num_threads=1, device_id=None,
+        source = RankSource(catalog, order, plan, rank, start_step=start_step, draws=3, augment=Augment(),
+                            input_size=SIDE)
+        assert source.names == ("jpg", "mask.png", "key", "draws", "affine", "mean", "std")
+        pipe = augmenting_pipeline(source, batch_size=micro_batch, num_threads=1, device_id=None,
                                    seed=rank, **worker_kwargs(2))
         pipe.build()
         for step in range(start_step, start_step + steps):
             for micro in range(plan.accumulation):
-                images, keys, positions, _ = pipe.run()
+                images, keys, _ = pipe.run()
                 keys = key_strings(keys)
-                assert [int(np.asarray(positions[i])[0]) for i in range(len(keys))] == \
-                    list(plan.positions(N, step, micro, rank))
+                assert keys == [str(k) for k in catalog.keys[plan.sample_indices(order, step, micro, rank)]]
                 dealt.append((step, rank, micro, keys))
                 for i, key in enumerate(keys):
                     out.setdefault(step, {})[key] = np.asarray(images[i])
@@ -167,9 +243,9 @@ def test_dali_reads_the_same_global_batches_on_one_and_two_ranks(shards):
 
 def test_dali_resumes_at_a_global_step(shards):
     """A pipeline built at start_step s reads what an uninterrupted one reads from step s; on
-    another world size too, and with the workers asked sample by sample instead of per batch."""
+    another world size too."""
     full, _ = read_global_batches(shards, 2, 4, steps=3)
-    resumed, _ = read_global_batches(shards, 1, 4, steps=1, start_step=2, per_batch=False)
+    resumed, _ = read_global_batches(shards, 1, 4, steps=1, start_step=2)
     assert resumed[2].keys() == full[2].keys()
     assert all(np.array_equal(resumed[2][k], full[2][k]) for k in full[2])
 
@@ -183,7 +259,8 @@ def test_dali_names_the_shard_and_sample_it_cannot_read(shards, tmp_path):
     shard = Path(catalog.shards[catalog.shard_of[victim]])
     with open(shard, "r+b") as f:
         f.truncate(int(catalog.offsets[victim, 0]) + 5)
-    source = RankSource(catalog, GlobalOrder(N, seed=5, salt="source"), BatchPlan(8, 1, 4), 0, draws=3)
+    source = RankSource(catalog, GlobalOrder(N, seed=5, salt="source"), BatchPlan(8, 1, 4), 0, draws=3,
+                        augment=Augment(), input_size=SIDE)
     pipe = augmenting_pipeline(source, batch_size=4, num_threads=1, device_id=None, seed=0, **worker_kwargs(1))
     pipe.build()
     with pytest.raises(Exception, match=f"truncated shard.*file {shard}, sample {catalog.keys[victim]}"):
