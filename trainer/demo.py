@@ -28,6 +28,8 @@ from pathlib import Path
 
 import click
 
+import ds_configs
+
 
 @dataclass
 class DemoScale:
@@ -59,9 +61,8 @@ HEAD = ["--depth-bins", "16", "--head-channels", "64", "--deconv-layers", "1"]
 # Fine-tuning without the geometric/colour augmentation: in a few hundred steps it slows learning
 # more than it helps (bench/README.md). The paper's recipe augments; the real configs do.
 FINETUNE_OPTIONS = ["--no-augment"]
-DS_CONFIGS = Path(__file__).resolve().parent.parent / "ds_configs"
-PRETRAIN_CONFIG = DS_CONFIGS / "cpu_demo_pretrain.json"
-FINETUNE_CONFIG = DS_CONFIGS / "cpu_demo_finetune.json"
+PRETRAIN_CONFIG = Path(ds_configs.__file__).parent / "cpu_demo_pretrain.json"
+FINETUNE_CONFIG = Path(ds_configs.__file__).parent / "cpu_demo_finetune.json"
 
 # The paper's ablations (Tables 3-4): pre-training flags and fine-tuning flags per method.
 PRETRAIN_VARIANTS = {

@@ -6,12 +6,13 @@ import json
 import os
 from pathlib import Path
 
+import ds_configs
 from shards.device import cuda_available
 from trainer.errors import ConfigError
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DS_CONFIG_DIR = REPO_ROOT / "ds_configs"
+DS_CONFIG_DIR = Path(ds_configs.__file__).resolve().parent     # the shipped recipes, in a wheel too
 
 
 def default_ds_config(recipe: str, cpu_name: str) -> Path:
