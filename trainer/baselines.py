@@ -13,18 +13,21 @@ model's prediction, every protocol then aligns it as it aligns the models' outpu
 
 Public API
     MeanPose(joints_mm (K,3), joint_order, samples, source)   .to_dict() / MeanPose.from_dict(d)
-    mean_pose(shards) -> MeanPose          reads only the joints3d and json members of the tars
+    mean_pose(shards, skip_bad=False) -> MeanPose   reads only the joints3d members (by .idx offset)
     constant_prediction(mean, joints3d_stored_mm (S,K,3)) -> (S,K,3) in the stored frame
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from shards.reader import list_shards, read_manifest, tar_samples
+from shards.order import Catalog
+from shards.ordered_source import read_member
+from shards.reader import read_manifest
 from shards.schema import EXT_JOINTS3D, EXT_META, JOINT_ORDERS, SampleError
 
 
@@ -44,18 +47,31 @@ class MeanPose:
         return cls(np.asarray(d["joints_mm"], np.float64), d["joint_order"], int(d["samples"]), str(d["source"]))
 
 
-def mean_pose(shards) -> MeanPose:
-    """The mean root-relative pose of every sample with 3D joints in a shard directory. Reads
-    tar headers and the small joints3d/json members only, never the images."""
+def mean_pose(shards, skip_bad: bool = False) -> MeanPose:
+    """The mean root-relative pose of every sample with 3D joints in a shard directory. Reads the
+    joints3d members only, at the offsets the .idx files give (never the images). A member cut
+    off by a truncated shard is one SampleError naming the shard and the sample, or with
+    `skip_bad` (the trainers' --skip-bad-samples) left out of the mean."""
     path = Path(shards)
+    catalog = Catalog.of(path, [EXT_JOINTS3D, EXT_META])
     joint_order = read_manifest(path).get("joint_order")
     found: list[tuple[str, str, np.ndarray]] = []         # (shard, key, flat joints)
-    for shard in list_shards(path):
-        for key, members, tf in tar_samples(shard):
-            if EXT_JOINTS3D in members:
-                found.append((str(shard), key, np.frombuffer(tf.extractfile(members[EXT_JOINTS3D]).read(), np.float32)))
-            if joint_order is None and EXT_META in members:
-                joint_order = json.loads(tf.extractfile(members[EXT_META]).read()).get("joint_order")
+    files: dict = {}
+    try:
+        for row in np.flatnonzero(catalog.sizes[:, 0] >= 0):
+            shard, key = catalog.shards[catalog.shard_of[row]], str(catalog.keys[row])
+            try:
+                joints = read_member(catalog, files, int(row), 0).view(np.float32)
+                if joint_order is None and catalog.sizes[row, 1] >= 0:
+                    joint_order = json.loads(read_member(catalog, files, int(row), 1).tobytes()).get("joint_order")
+            except SampleError:
+                if not skip_bad:
+                    raise
+                continue
+            found.append((shard, key, joints))
+    finally:
+        for fd in files.values():
+            os.close(fd)
     if not found:
         raise SampleError(f"no sample with {EXT_JOINTS3D}: no 3D mean pose to compare with", file=str(path))
     if joint_order not in JOINT_ORDERS:

@@ -6,7 +6,7 @@
         epoch, options) and rank<r>.json (the loaders' position: the global step, the same on
         every rank, and the samples left out)
     runs/<name>/checkpoints/universal/<tag>/  DeepSpeed's universal form of a ZeRO tag, written when
-        a run is resumed on another world size
+        a run is resumed on another world size, removed once that run saves its own checkpoint
 
 Every reader accepts a run directory, its checkpoints/ directory or one tag directory.
 """
@@ -25,6 +25,7 @@ LATEST = "latest"
 META_FILE = "posemae.json"          # per checkpoint: stage, model signature, step, world size
 MODEL_STATES = "mp_rank_00_model_states.pt"   # DeepSpeed's file of the model weights
 TAG_PREFIX = "step"
+UNIVERSAL = "universal"            # checkpoints/universal/<tag>: a ZeRO tag re-partitionable over any world size
 
 
 def tag_for(step: int) -> str:

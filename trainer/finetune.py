@@ -146,7 +146,7 @@ def finetune(source, target, *, settings: engine.TrainSettings, init: str, model
                    source_only=source_only, layer_decay=layer_decay, drop_path=drop_path,
                    depth_range_mm=depth_range_mm, ar_reduction=ar_reduction, sigma=sigma, augment=augment,
                    # the constant-prediction baseline `trainer evaluate` scores next to this model
-                   grad_norms=grad_norms, freeze_encoder=freeze_encoder, mean_pose=mean_pose(source).to_dict())
+                   grad_norms=grad_norms, freeze_encoder=freeze_encoder, mean_pose=mean_pose(source, settings.skip_bad_samples).to_dict())
     run = engine.start_run(STAGE, settings, options, signature)
 
     torch.manual_seed(settings.seed)

@@ -206,6 +206,11 @@ def test_resume_refuses_other_options_and_fresh_start_refuses_old_checkpoints(tm
         train(tmp_path / "run", cfg, max_steps=2)
     with pytest.raises(ConfigError, match=r"other options .*epochs: 2.0 -> 3.0"):
         train(tmp_path / "run", cfg, epochs=3.0, resume=True)
+    # another DeepSpeed config file may change the micro-batch, nothing else of the maths
+    other_lr = write_config(tmp_path / "other_lr.json", micro=2, lr=0.01)
+    with pytest.raises(ConfigError, match=r"DeepSpeed config \(.*other_lr.json\) that differs .* more than the "
+                                          r"micro-batch: optimizer: .*'lr': 0.05.* -> .*'lr': 0.01"):
+        train(tmp_path / "run", other_lr, resume=True)
 
 
 def test_nonfinite_loss_stops_naming_samples_and_keeps_last_checkpoint(tmp_path):

@@ -216,11 +216,11 @@ def pretrain_args(source, run_dir, *extra):
             "--checkpoint-every", 2, "--log-every", 1, "--figure-every", 0, "--run-dir", run_dir, *extra]
 
 
-def test_truncated_tar(source, tmp_path):
-    """A shard cut short in the middle of a sample, under pre-training (fine-tuning reads every
-    tar whole for its mean-pose baseline before it starts, and stops there naming the shard): one
-    error naming the shard and the first sample it cuts; with --skip-bad-samples every cut sample
-    is left out and the run finishes."""
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_truncated_tar(source, tmp_path, stage):
+    """A shard cut short in the middle of a sample: one error naming the shard and the first
+    sample it cuts; with --skip-bad-samples every cut sample is left out and the run finishes.
+    Fine-tuning's mean-pose baseline (read before training) leaves them out too."""
     data = shutil.copytree(source, tmp_path / "truncated")
     shard = data / "shard-000001.tar"
     listing = members(shard)
@@ -229,19 +229,23 @@ def test_truncated_tar(source, tmp_path):
     shard.write_bytes(shard.read_bytes()[:cut])
     lost = sorted({n.split(".", 1)[0] for n, o, s in listing if o + s > cut})
     assert lost == ["src0008", "src0009", "src0010", "src0011"]
+    args = pretrain_args if stage == "pretrain" else finetune_args
 
-    msg = one_error(*pretrain_args(data, tmp_path / "stops"))
+    msg = one_error(*args(data, tmp_path / "stops"))
     print(msg)
-    assert f"(file {shard}, sample src0008)" in msg and "truncated shard" in msg and "4 bad sample(s)" in msg
+    assert f"(file {shard}, sample src0008)" in msg and "truncated shard" in msg
+    if stage == "pretrain":   # the loader's check counts them; the mean-pose scan stops at the first
+        assert "4 bad sample(s)" in msg
 
     run_dir = tmp_path / "skips"
-    run_ok(*pretrain_args(data, run_dir), "--skip-bad-samples", "--log-keys")
+    run_ok(*args(data, run_dir), "--skip-bad-samples", "--log-keys")
     skipped = jsonl(run_dir / "ranks" / "rank00000-bad-samples.jsonl")
     assert sorted(s["sample"] for s in skipped) == lost and {s["file"] for s in skipped} == {str(shard)}
     end = metrics(run_dir)[-1]
     assert end["steps"] == STEPS and end["bad_samples"] == 4
     assert seen_keys(run_dir).isdisjoint(lost)
-
+    if stage == "finetune":
+        assert json.loads((run_dir / "config.json").read_text())["options"]["mean_pose"]["samples"] == 24 - 4
 
 
 # -- preemption: SIGTERM -------------------------------------------------------------------------
@@ -464,13 +468,21 @@ def test_a_frozen_rank_stops_the_others_after_dist_timeout(source2, tmp_path):
 
 
 # -- resume on another world size ----------------------------------------------------------------
+def shm_buffers() -> set:
+    return set(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*"))
+
+
 def launched(module, args, log_path, ranks):
+    """A launched run that must succeed, and leave none of DeepSpeed's shared-memory all-reduce
+    buffers behind (they filled /dev/shm, i.e. RAM, run after run)."""
+    before = shm_buffers()
     with open(log_path, "w") as log:
         proc = launch_two_ranks(module, args, log, ranks=ranks)
         try:
             assert proc.wait(timeout=600) == 0, Path(log_path).read_text()[-3000:]
         finally:
             end_session(proc)
+    assert shm_buffers() <= before
 
 
 def keys_per_global_step(run_dir) -> dict:
@@ -507,50 +519,70 @@ def max_weight_diff(a_run, b_run) -> float:
 WORLD_SIZE_TOLERANCE = 1e-6
 
 
-def global16_config(tmp_path, **extra) -> Path:
-    """cpu_finetune.json with the global batch fixed at 16 (micro-batch 8) for any world size."""
+def global16_config(tmp_path, micro=8, **extra) -> Path:
+    """cpu_finetune.json with the global batch fixed at 16 for any world size."""
     config = json.loads((REPO / "ds_configs" / "cpu_finetune.json").read_text())
     config.pop("gradient_accumulation_steps")
-    config.update(train_batch_size=16, train_micro_batch_size_per_gpu=8, **extra)
-    path = tmp_path / "global16.json"
+    config.update(train_batch_size=16, train_micro_batch_size_per_gpu=micro, **extra)
+    path = tmp_path / f"global16_micro{micro}.json"
     path.write_text(json.dumps(config))
     return path
 
 
-@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
-def test_resume_on_another_world_size(source2, two_rank_reference, tmp_path, first, then):
+@pytest.mark.parametrize("first,then,then_micro", [(2, 1, 8), (1, 2, 8), (2, 1, 4)])
+def test_resume_on_another_world_size(source2, two_rank_reference, tmp_path, first, then, then_micro):
     """A run started on `first` ranks for 2 steps and resumed on `then` ranks to the end reads the
     uninterrupted two-rank run's samples in every global step (global batch 16 kept, accumulation
-    re-derived: 2 on one rank, 1 on two) and ends with its weights within reduction-order tolerance."""
+    re-derived: 2 on one rank, 1 on two; 4 on one rank when the resume's DeepSpeed config asks for
+    micro-batches of 4) and ends with its weights within reduction-order tolerance."""
     run_dir = tmp_path / f"run{first}to{then}"
-    args = [*finetune_args(source2, run_dir), "--log-keys", "--ds-config", global16_config(tmp_path)]
-    launched("trainer", [*args, "--max-steps", 2], tmp_path / "first.log", first)
+    args = [*finetune_args(source2, run_dir), "--log-keys"]
+    launched("trainer", [*args, "--ds-config", global16_config(tmp_path), "--max-steps", 2], tmp_path / "first.log",
+             first)
     assert (run_dir / "checkpoints" / "latest").read_text() == "step00000002"
-    launched("trainer", [*args, "--resume"], tmp_path / "then.log", then)
+    launched("trainer", [*args, "--ds-config", global16_config(tmp_path, then_micro), "--resume"],
+             tmp_path / "then.log", then)
 
     resume = [m for m in metrics(run_dir) if m.get("event") == "resume"][0]
     assert (resume["checkpoint"], resume["checkpoint_world_size"], resume["world_size"]) == ("step00000002", first, then)
-    assert resume["global_batch"] == 16 and resume["gradient_accumulation_steps"] == 2 // then
-    assert keys_per_global_step(run_dir) == keys_per_global_step(two_rank_reference)
-    assert sorted(keys_per_global_step(run_dir)) == list(range(1, STEPS + 1))
+    assert resume["global_batch"] == 16 and resume["gradient_accumulation_steps"] == 16 // (then * then_micro)
+    keys = keys_per_global_step(run_dir)
+    assert keys == keys_per_global_step(two_rank_reference)
+    assert sorted(keys) == list(range(1, STEPS + 1))
     diff = max_weight_diff(run_dir, two_rank_reference)
-    print(f"{first} -> {then} ranks: max |weight difference| against the uninterrupted two-rank run {diff:.3g}")
-    assert diff <= WORLD_SIZE_TOLERANCE
+    print(f"{first} -> {then} ranks (micro-batch 8 -> {then_micro}): max |weight difference| against the "
+          f"uninterrupted two-rank run {diff:.3g}")
+    if then_micro == 8:
+        assert diff <= WORLD_SIZE_TOLERANCE
+        return
+    # The pose head's BatchNorm normalises over each micro-batch, so micro-batches of 4 compute
+    # other numbers than micro-batches of 8 (measured: max |weight difference| 1.4e-3, losses
+    # within 0.04%): the same samples, the same schedule, losses close to the uninterrupted run's.
+    ours, ref = ({m["step"]: m for m in metrics(r) if "loss" in m} for r in (run_dir, two_rank_reference))
+    assert sorted(ours) == sorted(ref) == list(range(1, STEPS + 1))
+    assert all(ours[s]["lr"] == pytest.approx(ref[s]["lr"], rel=1e-9) for s in ours)
+    print("largest relative loss difference", max(abs(ours[s]["loss"] / ref[s]["loss"] - 1) for s in ours))
+    assert all(ours[s]["loss"] == pytest.approx(ref[s]["loss"], rel=0.01) for s in ours), \
+        [(s, ours[s]["loss"], ref[s]["loss"]) for s in ours]
+    assert diff < 0.01
 
 
 def test_zero1_resume_on_fewer_ranks_goes_through_a_universal_checkpoint(source2, two_rank_reference, tmp_path):
     """ZeRO stage 1 partitions the optimizer state per rank: a two-rank checkpoint resumed on one
-    rank is converted by DeepSpeed's ds_to_universal (once, into checkpoints/universal/<tag>) and
-    loaded from there; the run ends with the uninterrupted stage-0 two-rank run's weights within
+    rank is converted by DeepSpeed's ds_to_universal (once, into checkpoints/universal/<tag>),
+    loaded from there and pruned once the run has saved a checkpoint of its own; the run ends with the uninterrupted stage-0 two-rank run's weights within
     tolerance and reads the same samples."""
     run_dir = tmp_path / "zero1"
     args = [*finetune_args(source2, run_dir), "--log-keys",
             "--ds-config", global16_config(tmp_path, zero_optimization={"stage": 1})]
     launched("trainer", [*args, "--max-steps", 2], tmp_path / "first.log", 2)
     launched("trainer", [*args, "--resume"], tmp_path / "then.log", 1)
-    assert (run_dir / "checkpoints" / "universal" / "step00000002" / ".complete").is_file()
     resume = [m for m in metrics(run_dir) if m.get("event") == "resume"][0]
     assert (resume["checkpoint_world_size"], resume["world_size"]) == (2, 1)
+    assert resume["universal_checkpoint"] == str(run_dir / "checkpoints" / "universal" / "step00000002")
+    # once the resumed run saved its own checkpoint, the universal copy is gone (a resume reads `latest`)
+    assert not (run_dir / "checkpoints" / "universal").exists()
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step{STEPS:08d}"
     assert keys_per_global_step(run_dir) == keys_per_global_step(two_rank_reference)
     diff = max_weight_diff(run_dir, two_rank_reference)
     print(f"ZeRO-1, 2 -> 1 ranks through a universal checkpoint: max |weight difference| {diff:.3g}")

@@ -15,7 +15,7 @@ import torch
 
 from shards.device import cuda_available
 from shards.files import atomic_write_json
-from trainer.checkpoints import CHECKPOINTS, META_FILE, latest_tag
+from trainer.checkpoints import CHECKPOINTS, META_FILE, UNIVERSAL, latest_tag
 from trainer.errors import ConfigError
 
 from .config import REPO_ROOT, add_monitors, read_ds_config
@@ -25,8 +25,16 @@ from .options import TrainSettings
 
 # Options that may change between a run and its --resume: they steer bookkeeping, not the maths.
 # run_dir too: a run moved to a disk with room (after a full one) continues where it is now.
+# ds_config: its path may change, its content is compared (RESUMABLE_DS_KEYS). mean_pose (fine-
+# tuning's constant baseline) is computed from the source: a resume with --skip-bad-samples after a
+# shard went bad leaves its unreadable samples out of it.
 RESUMABLE_OPTIONS = {"resume", "max_steps", "log_every", "figure_every", "checkpoint_every", "keep_checkpoints",
-                     "log_keys", "wandb", "run_dir", "skip_bad_samples", "dist_timeout"}
+                     "log_keys", "wandb", "run_dir", "skip_bad_samples", "dist_timeout", "ds_config", "mean_pose"}
+# DeepSpeed config entries a resume may change: the micro-batch (memory per device on the new
+# machines; the global batch stays the run's and the accumulation is re-derived) and the monitors
+# (they point into the run directory).
+RESUMABLE_DS_KEYS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
+                     "csv_monitor", "tensorboard", "wandb"}
 
 
 def log_images(run, images: dict, step: int) -> None:
@@ -95,8 +103,13 @@ class Run:
                 f.write(json.dumps({"time": round(time.time(), 3), **record}, default=str) + "\n")
 
 
-def _comparable(options: dict) -> dict:
-    return {k: v for k, v in json.loads(json.dumps(options, default=str)).items() if k not in RESUMABLE_OPTIONS}
+def refuse_changes(what: str, recorded: dict, now: dict, resumable: set) -> None:
+    """One ConfigError naming every entry (outside `resumable`) that differs, old -> new."""
+    was, now = ({k: v for k, v in json.loads(json.dumps(d, default=str)).items() if k not in resumable}
+                for d in (recorded, now))
+    changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(f"{what}: " + ", ".join(f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in changed))
 
 
 def start_run(stage: str, settings: TrainSettings, options: dict, model_signature: dict) -> Run:
@@ -124,6 +137,12 @@ def start_run(stage: str, settings: TrainSettings, options: dict, model_signatur
         if meta["stage"] != stage or meta["model"] != model_signature:
             raise ConfigError(f"checkpoint {run.checkpoint_dir / tag} is a {meta['stage']} checkpoint of "
                               f"{meta['model']}; this run builds a {stage} model {model_signature}")
+        recorded = json.loads((settings.run_dir / "config.json").read_text())
+        refuse_changes(f"--resume of {settings.run_dir} with other options than the run's config.json",
+                       recorded["options"], all_options, RESUMABLE_OPTIONS)
+        refuse_changes(f"--resume of {settings.run_dir} with a DeepSpeed config ({settings.ds_config}) that differs "
+                       "from the run's (config.json) in more than the micro-batch", recorded["ds_config"], ds_config,
+                       RESUMABLE_DS_KEYS)
         zero_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
         if meta["world_size"] != dist.world_size and zero_stage > 0:
             # ZeRO partitions the optimizer state per rank (stage 0 keeps it whole in the model
@@ -131,12 +150,6 @@ def start_run(stage: str, settings: TrainSettings, options: dict, model_signatur
             run.load_dir = universal_checkpoint(run.checkpoint_dir, tag, dist)
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
         run.resumed_world_size = meta["world_size"]
-        recorded = json.loads((settings.run_dir / "config.json").read_text())
-        was, now = _comparable(recorded["options"]), _comparable(all_options)
-        changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
-        if changed:
-            raise ConfigError(f"--resume of {settings.run_dir} with other options than the run's config.json: "
-                              + ", ".join(f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in changed))
         run.resume_tag = tag
     elif dist.is_main:
         from trainer.report import code_version
@@ -150,9 +163,6 @@ def start_run(stage: str, settings: TrainSettings, options: dict, model_signatur
             "device": "cuda" if cuda_available() else "cpu"}, default=str)
     torch.distributed.barrier()
     return run
-
-
-UNIVERSAL = "universal"
 
 
 def universal_checkpoint(checkpoint_dir: Path, tag: str, dist: Dist) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from shards.files import atomic_write_json, atomic_write_text
-from trainer.checkpoints import LATEST, META_FILE, TAG_PREFIX, check_loads_safely, latest_tag, tag_for
+from trainer.checkpoints import LATEST, META_FILE, TAG_PREFIX, UNIVERSAL, check_loads_safely, latest_tag, tag_for
 from trainer.errors import CheckpointWriteError, ConfigError
 
 from .distributed import any_rank
@@ -21,13 +21,21 @@ from .run import Run
 
 def prune_checkpoints(checkpoint_dir: Path, keep: int, current_step: int) -> None:
     """Keep the last `keep` checkpoints up to `current_step`; later ones are leftovers of a
-    killed run that this run has now superseded."""
+    killed run that this run has now superseded. Universal copies (a resume on another world
+    size) go too: `latest` is now this world size's own checkpoint, and a resume reads `latest`."""
     tags = sorted((int(p.name[len(TAG_PREFIX):]), p) for p in checkpoint_dir.glob(f"{TAG_PREFIX}*")
                   if p.is_dir() and p.name[len(TAG_PREFIX):].isdigit())
     older = [p for step, p in tags if step <= current_step]
     stale = [p for step, p in tags if step > current_step]
     for p in older[:-keep] + stale if keep > 0 else stale:
         shutil.rmtree(p, ignore_errors=False)
+    universal = checkpoint_dir / UNIVERSAL      # tag directories and the converter's latest_universal
+    if universal.is_dir():
+        for copy in universal.glob(f"{TAG_PREFIX}*"):
+            if copy.name != tag_for(current_step):
+                shutil.rmtree(copy)
+        if not any(universal.glob(f"{TAG_PREFIX}*")):
+            shutil.rmtree(universal)
 
 
 def fsync_dir(directory: Path, files: bool = True) -> None:
@@ -136,5 +144,6 @@ def load_checkpoint(run: Run, engine, loaders: dict) -> int:
     run.log({"event": "resume", "step": step, "checkpoint": run.resume_tag, "command": sys.argv,
              "world_size": run.dist.world_size, "checkpoint_world_size": run.resumed_world_size,
              "global_batch": run.global_batch, "gradient_accumulation_steps": run.accumulation,
+             "universal_checkpoint": None if run.load_dir is None else str(run.load_dir / run.resume_tag),
              "load_seconds": round(time.perf_counter() - began, 3)})
     return step
