@@ -193,17 +193,7 @@ def dataloader_measure(dataset_cls, paths, batch_size, workers, batches) -> tupl
     ds = dataset_cls(urls, [str(p) for p in list_shards(paths["backgrounds"])])
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers,
                                      prefetch_factor=2 if workers else None)
-    it = iter(dl)
-    next(it)                                                    # workers started, first batch out
-    pids = [w.pid for w in getattr(it, "_workers", [])]
-    cpu = time.process_time() + sum(map(_cpu_seconds, pids))
-    t = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    wall = time.perf_counter() - t
-    cpu = time.process_time() + sum(map(_cpu_seconds, pids)) - cpu
-    del it, dl
-    return batches * batch_size / wall, 1e3 * cpu / (batches * batch_size)
+    return _measure(iter(dl), batches, batch_size)
 
 
 # -- the DALI loader, the decode bound and the stage profile ---------------------------------
@@ -234,13 +224,17 @@ def _forever(loader):
 
 
 def _measure(batches_iter, batches, batch_size) -> tuple[float, float]:
-    next(batches_iter)
-    cpu, t = time.process_time(), time.perf_counter()
+    """(samples/s, CPU ms per sample over this process and its reader workers)."""
+    import psutil
+    next(batches_iter)                                          # workers started, first batch out
+    pids = [c.pid for c in psutil.Process().children(recursive=True)]
+    cpu, t = time.process_time() + sum(map(_cpu_seconds, pids)), time.perf_counter()
     for _ in range(batches):
         next(batches_iter)
     if torch.cuda.is_available():
         torch.cuda.synchronize()                                # GPU copies are asynchronous
-    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    wall = time.perf_counter() - t
+    cpu = time.process_time() + sum(map(_cpu_seconds, pids)) - cpu
     return batches * batch_size / wall, 1e3 * cpu / (batches * batch_size)
 
 
@@ -290,15 +284,13 @@ def stage_pipeline(stage: str, paths, batch_size: int, threads: int):
 
 
 def stage_measure(stage, paths, batch_size, threads, batches) -> tuple[float, float]:
-    pipe = stage_pipeline(stage, paths, batch_size, threads)
-    pipe.build()
+    return _measure(_runs(stage_pipeline(stage, paths, batch_size, threads)), batches, batch_size)
 
-    def runs():
-        while True:
-            yield pipe.run()
-    result = _measure(runs(), batches, batch_size)
-    del pipe
-    return result
+
+def _runs(pipe):
+    pipe.build()
+    while True:
+        yield pipe.run()
 
 
 # -- the global-order reader against the webdataset reader ------------------------------------
@@ -351,19 +343,7 @@ def reader_pipeline(kind: str, paths, batch_size: int, threads: int):
 
 
 def reader_measure(kind, paths, batch_size, threads, batches) -> tuple[float, float]:
-    """(samples/s, CPU ms per sample over this process and its reader workers)."""
-    import psutil
-    pipe = reader_pipeline(kind, paths, batch_size, threads)
-    pipe.build()
-    pipe.run()                                                   # workers started, first batch out
-    pids = [c.pid for c in psutil.Process().children(recursive=True)]
-    cpu, t = time.process_time() + sum(map(_cpu_seconds, pids)), time.perf_counter()
-    for _ in range(batches):
-        pipe.run()
-    wall = time.perf_counter() - t
-    cpu = time.process_time() + sum(map(_cpu_seconds, pids)) - cpu
-    del pipe
-    return batches * batch_size / wall, 1e3 * cpu / (batches * batch_size)
+    return _measure(_runs(reader_pipeline(kind, paths, batch_size, threads)), batches, batch_size)
 
 
 # -- memory (own process, so the peak is the loader's alone) ----------------------------------
