@@ -465,7 +465,8 @@ def main():
     print("\nDALI stage profile, CPU ms per sample (differences of cumulative graphs)")
     for name, ms in profile.items():
         print(f"  {name:60s}{ms:7.2f}")
-    print(f"\nsource stream to the colour stage, {workers} DALI threads (+ {workers} reader workers for the ordered one)")
+    print(f"\nsource stream to the colour stage, {workers} DALI threads "
+          f"(+ {workers} reader workers for the ordered one)")
     for name in READERS:
         print(f"  {name:42s}{med_rate[name]:8.0f} samples/s{med_cpu[name]:8.2f} CPU ms/sample")
     print(f"  ordered / webdataset: {ratios['ordered_reader_vs_webdataset_reader']:.3f}x samples/s (median of "

@@ -221,6 +221,11 @@ def ordered_reader(source: "RankSource | EvalSource", name: str | None = None, p
                               parallel=True, prefetch_queue_depth=prefetch, name=name)
 
 
+def named_outputs(source: RankSource) -> dict:
+    """ordered_reader's DataNodes by name (RankSource.names: members by extension, "key", ...)."""
+    return dict(zip(source.names, ordered_reader(source)))
+
+
 def reader_workers() -> int:
     """Reader worker processes per pipeline: POSEMAE_READER_WORKERS, else 1 on the CPU (a worker
     only preads a micro-batch's bytes and computes its augmentation numbers, and a spawned worker

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from nvidia.dali import fn, pipeline_def, types
 
-from ..ordered_source import crop_to_input_from, ordered_reader
+from ..ordered_source import crop_to_input_from, named_outputs, ordered_reader
 from ..schema import EXT_IMAGE, EXT_INTRINSICS, EXT_JOINTS2D, EXT_JOINTS3D, EXT_VISIBLE
 from .augment import colour_normalisation, crop_to_input
 from .steps import decode_image, gpu_outputs, image_size, normalise, values_or_zeros, warp
@@ -41,11 +41,6 @@ def input_crop(jpg, *, input_size: int, augmentation=None, gpu: bool):
 def augmentation_of(outputs: dict):
     """(affine, mean, std) among a RankSource's named outputs, or None when it does not augment."""
     return (outputs["affine"], outputs["mean"], outputs["std"]) if "affine" in outputs else None
-
-
-def named_outputs(source) -> dict:
-    """ordered_reader's DataNodes by RankSource.names."""
-    return dict(zip(source.names, ordered_reader(source)))
 
 
 def joint_labels(joints3d, joints2d, visible, num_joints: int):

@@ -26,7 +26,7 @@ from nvidia.dali import math as dmath
 
 from ..device import cuda_available
 from ..order import BatchPlan
-from ..ordered_source import crop_to_input_from, ordered_reader
+from ..ordered_source import crop_to_input_from, named_outputs
 from ..schema import EXT_IMAGE, EXT_MASK
 from .augment import as_augment, colour_normalisation, crop_to_input, with_mask_channel
 from .loader import Loader, Stream
@@ -82,7 +82,7 @@ def pretrain_pipeline(source, *, input_size: int, p_bg: float, read_masks: bool,
     """Outputs image (3,S,S) float, mask (1,S,S) float in [0,1], has_mask bool, key. `source`: a
     RankSource over [jpg, mask.png] (or [jpg] without masks), with PRETRAIN_DRAWS draws, its
     augmentation (or none) and, for background replacement, each position's background."""
-    out = dict(zip(source.names, ordered_reader(source)))
+    out = named_outputs(source)
     jpg, draws = out[EXT_IMAGE], out["draws"]
     hw = image_size(jpg)
     image = decode_image(jpg, gpu)

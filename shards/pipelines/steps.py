@@ -18,7 +18,6 @@ from .seeds import derive_seed
 from .shardset import ShardSet
 
 
-
 @dataclass(frozen=True)
 class OrderedData:
     """One stream's data in the global order: the shard set (its left-out samples), its catalog,
@@ -51,7 +50,8 @@ class OrderedData:
                          background_order=GlobalOrder(len(backgrounds.catalog), self.order.seed, background_salt),
                          background_skip=backgrounds.catalog.rows_of(backgrounds.shards.left_out))
         return RankSource(self.catalog, self.order, self.plan, rank, start_step=step, start_micro=micro, draws=draws,
-                          augment=augment, input_size=input_size, skip=self.catalog.rows_of(self.shards.left_out), dtypes=dtypes, **extra)
+                          augment=augment, input_size=input_size, skip=self.catalog.rows_of(self.shards.left_out),
+                          dtypes=dtypes, **extra)
 
 
 def reader(shards: ShardSet, ext: list[str], *, name: str, rank: int, world_size: int, seed: int,

@@ -570,8 +570,9 @@ def test_resume_on_another_world_size(source2, two_rank_reference, tmp_path, fir
 def test_zero1_resume_on_fewer_ranks_goes_through_a_universal_checkpoint(source2, two_rank_reference, tmp_path):
     """ZeRO stage 1 partitions the optimizer state per rank: a two-rank checkpoint resumed on one
     rank is converted by DeepSpeed's ds_to_universal (once, into checkpoints/universal/<tag>),
-    loaded from there and pruned once the run has saved a checkpoint of its own; the run ends with the uninterrupted stage-0 two-rank run's weights within
-    tolerance and reads the same samples."""
+    loaded from there and pruned once the run has saved a checkpoint of its own; the run ends
+    with the uninterrupted stage-0 two-rank run's weights within tolerance and reads the same
+    samples."""
     run_dir = tmp_path / "zero1"
     args = [*finetune_args(source2, run_dir), "--log-keys",
             "--ds-config", global16_config(tmp_path, zero_optimization={"stage": 1})]
