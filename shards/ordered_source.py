@@ -16,7 +16,8 @@ where the sample lacks it, as the webdataset reader's missing_component_behavior
 key (uint8 bytes, zero-padded to the batch's longest: `key_strings`); with `draws` > 0, that
 many U[0, 1) floats per sample for the pipeline's own use; with an `augment`, the sample's
 augmentation as numbers (`augment_parameters`: the crop's affine and the colour-jittered
-normalisation); with `backgrounds`, the sample's background image bytes.
+normalisation); with `backgrounds`, the sample's background image bytes and whether to swap it
+in (bool; bytes are read only where it is true).
 
 Every random number comes from the sample's position in the global order (shards.order
 .sample_draws): the same whichever rank or worker reads it, so a resume on another world size
@@ -40,7 +41,7 @@ import numpy as np
 from nvidia.dali import fn
 
 from .order import BatchPlan, Catalog, GlobalOrder, sample_draws
-from .schema import SampleError
+from .schema import EXT_MASK, SampleError
 
 
 # the augmentation's draws come first in every position's draws, then the pipeline's own
@@ -66,10 +67,13 @@ class RankSource:
     # catalog rows left out (--skip-bad-samples): each is replaced by the next good row in storage
     # order, a function of the left-out set alone, so any world size reads the same substitute
     skip: frozenset = frozenset()
-    # the pre-training background of position p: backgrounds.catalog row background_order.row_at(p)
+    # the pre-training background of position p: backgrounds.catalog row background_order.row_at(p),
+    # swapped in where the sample has a mask member and its first own draw is below background_p
+    # (the "swap" output); only those are read, the others come out as empty bytes
     backgrounds: Catalog | None = None
     background_order: GlobalOrder | None = None
     background_skip: frozenset = frozenset()
+    background_p: float = 1.0
     # numpy dtype per member (the webdataset reader's `dtypes`): raw float members come out as
     # float32 arrays, not bytes; None: every member uint8
     dtypes: tuple | None = None
@@ -80,6 +84,8 @@ class RankSource:
             raise ValueError(f"order over {self.order.size} samples, catalog of {len(self.catalog)}")
         if self.augment is not None and self.input_size < 1:
             raise ValueError("an augmenting source needs the input size")
+        if self.backgrounds is not None and self.draws < 1:
+            raise ValueError("a source with backgrounds needs at least one draw (the swap coin)")
         self.plan.steps_per_epoch(self.order.size)   # fails early when no global batch fits
         if len(self.skip) >= len(self.catalog):
             raise SampleError("every sample of the shard set was left out as bad", file=self.catalog.shards[0])
@@ -98,7 +104,7 @@ class RankSource:
         """The outputs, in order: members (by extension), key, then the optional ones."""
         return (*self.catalog.exts, "key", *(["draws"] if self.draws else []),
                 *(["affine", "mean", "std"] if self.augment is not None else []),
-                *(["background"] if self.backgrounds is not None else []))
+                *(["background", "swap"] if self.backgrounds is not None else []))
 
     @property
     def num_outputs(self) -> int:
@@ -125,10 +131,16 @@ class RankSource:
             if self.augment is not None:
                 out.extend(augment_parameters(u[:, :AUGMENT_DRAWS], self.augment, self.input_size))
         if self.backgrounds is not None:
+            swap = u[:, AUGMENT_DRAWS] < np.float32(self.background_p)
+            if EXT_MASK in self.catalog.exts:
+                swap &= self.catalog.sizes[rows, self.catalog.exts.index(EXT_MASK)] >= 0
+            else:
+                swap[:] = False
             bg = self.background_order.sample_at(positions)
             out.append([read_member(self.backgrounds, self._files,
                                     substitute(int(r), self.background_skip, len(self.backgrounds)), 0, prefix="bg")
-                        for r in bg])
+                        if chosen else np.zeros(0, np.uint8) for r, chosen in zip(bg, swap)])
+            out.append(swap)
         return tuple(out)
 
     def read(self, row: int, ext: int) -> np.ndarray:

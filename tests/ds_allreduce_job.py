@@ -12,6 +12,8 @@ import torch
 out = sys.argv[-1]   # the launcher inserts --local_rank=N before our arguments
 deepspeed.init_distributed()
 rank = torch.distributed.get_rank()
+from trainer.engine.distributed import unlink_shm_allreduce_buffer  # noqa: E402  (after the accelerator is set)
+unlink_shm_allreduce_buffer(rank, torch.distributed.get_world_size())   # or /dev/shm keeps it
 torch.manual_seed(0)
 model = torch.nn.Linear(8, 2)
 config = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,

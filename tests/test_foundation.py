@@ -147,3 +147,5 @@ def test_deepspeed_launcher_two_ranks_allreduce(tmp_path):
     w0, w1 = (torch.tensor(r["weights"]) for r in ranks)
     assert torch.equal(w0, w1)
     torch.testing.assert_close(w0, _reference_two_rank_weights(), rtol=1e-5, atol=1e-6)
+    # DeepSpeed's shared-memory all-reduce buffers of this port are gone (they filled /dev/shm)
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_29611_*"))

@@ -35,7 +35,8 @@ from .shardset import ShardSet
 from .steps import (OrderedData, decode_image, gpu_outputs, image_size, mask_or_zeros, normalise, pipeline_kwargs,
                     uses_dali_image_ops, warp, zero_mask)
 
-# the sample's own draws (beside its augmentation's): the background coin, the background window's x, y
+# the sample's own draws (beside its augmentation's): the background coin (the reader's, RankSource
+# background_p), the background window's x, y
 SWAP, BG_X, BG_Y = 0, 1, 2
 PRETRAIN_DRAWS = 3
 
@@ -78,10 +79,11 @@ def random_background(jpg, input_size: int, gpu: bool, draws):
 
 
 @pipeline_def(enable_conditionals=True)
-def pretrain_pipeline(source, *, input_size: int, p_bg: float, read_masks: bool, gpu: bool):
+def pretrain_pipeline(source, *, input_size: int, read_masks: bool, gpu: bool):
     """Outputs image (3,S,S) float, mask (1,S,S) float in [0,1], has_mask bool, key. `source`: a
     RankSource over [jpg, mask.png] (or [jpg] without masks), with PRETRAIN_DRAWS draws, its
-    augmentation (or none) and, for background replacement, each position's background."""
+    augmentation (or none) and, for background replacement, each position's background and coin
+    (the reader reads only the backgrounds it swaps in)."""
     out = named_outputs(source)
     jpg, draws = out[EXT_IMAGE], out["draws"]
     hw = image_size(jpg)
@@ -103,8 +105,9 @@ def pretrain_pipeline(source, *, input_size: int, p_bg: float, read_masks: bool,
         both = normalise(both, *with_mask_channel(mean, std))
         return (*gpu_outputs(gpu, both[0:3], both[3:4], has_mask), out["key"])
 
-    # every position has its background (GlobalOrder of the backgrounds), swapped or not
-    swap = (draws[SWAP] < p_bg) & has_mask
+    # every position has its background (GlobalOrder of the backgrounds); the reader's coin says
+    # whether it is swapped in (and read at all); an empty mask member never swaps
+    swap = out["swap"] & has_mask
     image, mask = composite_and_normalise(both, out["background"], swap, mean, std, input_size, gpu, draws)
     return (*gpu_outputs(gpu, image, mask, has_mask), out["key"])
 
@@ -118,9 +121,9 @@ def _stream(data: OrderedData, backgrounds: OrderedData | None, *, name, batch_s
 
     def build(start):
         source = data.source(rank, start, draws=PRETRAIN_DRAWS, augment=augment, input_size=input_size,
-                             backgrounds=backgrounds, background_salt=f"backgrounds/{name}")
+                             backgrounds=backgrounds, background_salt=f"backgrounds/{name}", background_p=p_bg)
         return pretrain_pipeline(
-            source, input_size=input_size, p_bg=p_bg, read_masks=read_masks, gpu=gpu,
+            source, input_size=input_size, read_masks=read_masks, gpu=gpu,
             **pipeline_kwargs(batch_size=batch_size, num_threads=num_threads, seed=seed, rank=rank, salt=name))
     shard_sets = [data.shards] + ([backgrounds.shards] if backgrounds is not None else [])
     return Stream(build, batch_size, NAMES, shard_sets, constants={"is_target": is_target})

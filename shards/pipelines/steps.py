@@ -39,16 +39,18 @@ class OrderedData:
         return self.plan.steps_per_epoch(len(self.catalog)) * self.plan.accumulation
 
     def source(self, rank: int, start: int, *, draws: int = 0, augment=None, input_size: int = 0, dtypes=None,
-               backgrounds: "OrderedData | None" = None, background_salt: str = "backgrounds") -> RankSource:
+               backgrounds: "OrderedData | None" = None, background_salt: str = "backgrounds",
+               background_p: float = 1.0) -> RankSource:
         """This rank's RankSource whose first micro-batch is number `start` of the run (step
         start // accumulation, micro-batch start % accumulation); left-out samples substituted.
-        `draws`, `augment`, `input_size`: RankSource's."""
+        `draws`, `augment`, `input_size`, `background_p`: RankSource's."""
         step, micro = divmod(int(start), self.plan.accumulation)
         extra = {}
         if backgrounds is not None:
             extra = dict(backgrounds=backgrounds.catalog,
                          background_order=GlobalOrder(len(backgrounds.catalog), self.order.seed, background_salt),
-                         background_skip=backgrounds.catalog.rows_of(backgrounds.shards.left_out))
+                         background_skip=backgrounds.catalog.rows_of(backgrounds.shards.left_out),
+                         background_p=background_p)
         return RankSource(self.catalog, self.order, self.plan, rank, start_step=step, start_micro=micro, draws=draws,
                           augment=augment, input_size=input_size, skip=self.catalog.rows_of(self.shards.left_out),
                           dtypes=dtypes, **extra)

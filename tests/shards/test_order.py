@@ -250,6 +250,31 @@ def test_dali_resumes_at_a_global_step(shards):
     assert all(np.array_equal(resumed[2][k], full[2][k]) for k in full[2])
 
 
+def test_backgrounds_are_read_only_where_they_are_swapped_in(shards):
+    """A pre-training source reads a position's background only where its coin (the first own
+    draw) is below background_p and the sample has a mask; the swap flag says which."""
+    from types import SimpleNamespace
+    catalog = Catalog.of(shards, ["jpg", "mask.png"])
+    backgrounds = Catalog.of(shards, ["jpg"])
+    plan = BatchPlan(24, 1, 24)
+    source = RankSource(catalog, GlobalOrder(N, seed=2, salt="source"), plan, 0, draws=3, backgrounds=backgrounds,
+                        background_order=GlobalOrder(N, seed=2, salt="backgrounds"), background_p=0.5)
+    assert source.names[-2:] == ("background", "swap")
+    swaps = []
+    for iteration in range(4):
+        *_, draws, background, swap = source(SimpleNamespace(iteration=iteration))
+        rows = plan.sample_indices(source.order, iteration, 0, 0)
+        has_mask = catalog.sizes[rows, 1] >= 0
+        assert np.array_equal(swap, (draws[:, 0] < 0.5) & has_mask)
+        assert [len(b) > 0 for b in background] == swap.tolist()
+        swaps.extend(swap)
+    assert 0.2 < np.mean(swaps) < 0.5          # about half of the two thirds with a mask
+    everything = RankSource(catalog, source.order, plan, 0, draws=3, backgrounds=backgrounds,
+                            background_order=source.background_order, background_p=1.0)
+    *_, background, swap = everything(SimpleNamespace(iteration=0))
+    assert np.array_equal(swap, catalog.sizes[plan.sample_indices(source.order, 0, 0, 0), 1] >= 0)
+
+
 def test_dali_names_the_shard_and_sample_it_cannot_read(shards, tmp_path):
     import shutil
     copy = tmp_path / "copy"

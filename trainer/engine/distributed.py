@@ -57,21 +57,21 @@ def init_distributed(timeout_s: float = 1800.0) -> Dist:
                 raise
             os.environ["MASTER_PORT"] = str(free_port())
     dist = Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
-    unlink_shm_allreduce_buffer(dist)
+    unlink_shm_allreduce_buffer(dist.rank, dist.world_size)
     return dist
 
 
-def unlink_shm_allreduce_buffer(dist: Dist) -> None:
+def unlink_shm_allreduce_buffer(rank: int, world_size: int) -> None:
     """DeepSpeed's CPU ranks all on one machine (LOCAL_SIZE = world size) share a POSIX shared-memory
     buffer per rank, /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank> (about 40 MB),
     that nothing ever unlinks: every launched run left them behind until /dev/shm (RAM) filled and
     the kernel's OOM killer ended a rank. Every rank maps every peer's buffer while DeepSpeed
     initialises; after a barrier each rank unlinks its own name, and the mappings live on."""
-    if cuda_available() or not sys.platform.startswith("linux") or os.environ.get("LOCAL_SIZE") != str(dist.world_size):
+    if cuda_available() or not sys.platform.startswith("linux") or os.environ.get("LOCAL_SIZE") != str(world_size):
         return
     torch.distributed.barrier()
     name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{dist.rank}")
+            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
     Path("/dev/shm", name).unlink(missing_ok=True)
 
 
