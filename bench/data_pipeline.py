@@ -391,7 +391,8 @@ def main():
             "dataloader_torchvision": lambda p: dataloader_measure(TorchvisionPretrain, p, batch, workers, batches),
             "dataloader_fused": lambda p: dataloader_measure(FusedPretrain, p, batch, workers, batches),
             **{s: (lambda p, s=s: stage_measure(s, p, batch, workers, batches)) for s in STAGES},
-            **{r: (lambda p, r=r: reader_measure(r.split("_", 1)[1], p, batch, workers, batches)) for r in READERS}}
+            # the reader rows are fast and noisy (+-15% between rounds): three times the batches
+            **{r: (lambda p, r=r: reader_measure(r.split("_", 1)[1], p, batch, workers, 3 * batches)) for r in READERS}}
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         t = time.perf_counter()
         paths = make_data(Path(tmp), *sizes)
