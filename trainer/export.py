@@ -144,7 +144,7 @@ def write_export(model: PoseModel, spec, out_dir, opset: int = DEFAULT_OPSET, ch
 
 
 def export(ckpt, out_dir, opset: int = DEFAULT_OPSET, check: bool = True) -> dict:
-    from trainer.evaluate import load_checkpoint
+    from trainer.pose_checkpoint import load_checkpoint
     model, spec = load_checkpoint(ckpt, device="cpu")
     return write_export(model, spec, out_dir, opset, check)
 

@@ -305,7 +305,7 @@ class VideoWriter:
 # -- the command --------------------------------------------------------------------------------
 def predict(ckpt, input_path, out_dir, *, boxes=None, intrinsics=None, root_depth_mm=None, context=DEFAULT_CONTEXT,
             batch_size=16, decode="argmax", skip_bad=False, overlays=True, mirror=False) -> dict:
-    from trainer.evaluate import load_checkpoint
+    from trainer.pose_checkpoint import load_checkpoint
     input_path, out_dir = Path(input_path), Path(out_dir)
     if context <= 0 or batch_size < 1:
         raise ConfigError("--context must be positive and --batch-size at least 1")

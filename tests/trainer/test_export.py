@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from tests.trainer.tiny_run import DEPTH_BINS, SIZE, finetune_run
 from trainer.cli import cli
-from trainer.evaluate import load_checkpoint
+from trainer.pose_checkpoint import load_checkpoint
 from trainer.export import check_onnx, write_export
 
 

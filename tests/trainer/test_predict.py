@@ -13,7 +13,7 @@ from PIL import Image
 from tests.shards.synthetic import smooth_image
 from tests.trainer.tiny_run import SIZE, finetune_run
 from trainer.cli import cli
-from trainer.evaluate import load_checkpoint
+from trainer.pose_checkpoint import load_checkpoint
 from trainer.heatmaps import decode_heatmaps
 from trainer.predict import REFERENCE_BONE, crop_image, root_depth_for_bone
 
